@@ -1,0 +1,14 @@
+"""lightning-green: energy-aware training for PyTorch Lightning.
+
+Example::
+
+    from lightning import Trainer
+    from lightning_green import EnergyMonitor
+
+    trainer = Trainer(callbacks=[EnergyMonitor()])
+"""
+
+from lightning_green.callbacks import EnergyMonitor
+
+__version__ = "0.1.0"
+__all__ = ["EnergyMonitor", "__version__"]

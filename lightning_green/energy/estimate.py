@@ -1,0 +1,83 @@
+"""CPU energy estimated from process CPU time, for machines with no energy counter.
+
+The model: ``joules = CPU seconds x watts per core``. CPU seconds are the user + system time of
+this process (all threads) and, by default, of its child processes (data-loader workers).
+
+The default of 12 W per core is the "unknown CPU" figure of the Green Algorithms calculator
+(Lannelongue, Grealey and Inouye, "Green Algorithms: Quantifying the Carbon Footprint of
+Computation", Advanced Science 8(12), 2021), derived from TDP per core of common server CPUs.
+It excludes idle power, DRAM, GPUs and the rest of the machine, so it is a floor for the CPU's
+share, not a wall-socket figure. Every reading is labelled ``estimated:cpu-time``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from lightning_green.energy.base import Channel, CounterMeter
+
+DEFAULT_WATTS_PER_CORE = 12.0
+WATTS_PER_CORE_SOURCE = "Green Algorithms (Lannelongue et al., Adv. Sci. 2021), 'unknown CPU' per-core TDP"
+
+
+def _process_cpu_seconds(include_children: bool) -> float:
+    # CLOCK_PROCESS_CPUTIME_ID: nanosecond resolution, every thread of this process.
+    own = time.process_time()
+    if not include_children:
+        return own
+    import psutil
+
+    proc = psutil.Process()
+    t = proc.cpu_times()  # children_*: children that already exited and were waited for
+    total = own + t.children_user + t.children_system
+    for child in proc.children(recursive=True):
+        try:
+            ct = child.cpu_times()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        total += ct.user + ct.system
+    return total
+
+
+class EstimateMeter(CounterMeter):
+    """Estimated CPU energy: process CPU time x ``watts_per_core``.
+
+    Args:
+        watts_per_core: Power of one fully busy core, in watts (default 12 W, see module docs).
+        include_children: Count child processes (data-loader workers) too. Turn it off when the
+            children are measured themselves (DDP ranks started by rank 0).
+
+    Raises:
+        ValueError: If ``watts_per_core`` is not a positive number.
+    """
+
+    name = "estimate"
+    scope = "process"
+
+    def __init__(self, watts_per_core: float = DEFAULT_WATTS_PER_CORE, include_children: bool = True) -> None:
+        if not isinstance(watts_per_core, (int, float)) or not watts_per_core > 0:
+            raise ValueError(f"watts_per_core must be a positive number of watts, got {watts_per_core!r}")
+        super().__init__()
+        self.watts_per_core = float(watts_per_core)
+        self.include_children = include_children
+
+    @property
+    def channels(self) -> tuple[Channel, ...]:
+        return (Channel("cpu", "process", "estimated:cpu-time"),)
+
+    @property
+    def assumptions(self) -> dict[str, Any]:
+        return {
+            "cpu_model": "cpu-time",
+            "cpu_watts_per_core": self.watts_per_core,
+            "cpu_watts_per_core_source": WATTS_PER_CORE_SOURCE
+            if self.watts_per_core == DEFAULT_WATTS_PER_CORE
+            else "user-configured",
+            "cpu_covers": "CPU time of this process"
+            + (" and its child processes" if self.include_children else "")
+            + "; excludes idle power, DRAM, GPU and the rest of the machine",
+        }
+
+    def read_counters(self) -> dict[str, float | None]:
+        return {"cpu:process": _process_cpu_seconds(self.include_children) * self.watts_per_core}

@@ -1,0 +1,133 @@
+"""Choosing a meter: ``backend="auto"`` takes the best that works and says why."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+from lightning_green.energy.base import CompositeMeter, Meter, MeterUnavailableError
+from lightning_green.energy.estimate import DEFAULT_WATTS_PER_CORE, EstimateMeter
+from lightning_green.energy.nvml import NvmlMeter
+from lightning_green.energy.rapl import DEFAULT_ROOT, RaplMeter, discover_zones
+from lightning_green.energy.zeus_backend import ZeusMeter
+
+log = logging.getLogger("lightning_green.energy")
+
+BACKENDS = ("auto", "zeus", "nvml", "rapl", "estimate")
+
+
+class SelectedMeter(CompositeMeter):
+    """The meter :func:`make_meter` built, with the reasons for its choice in :attr:`notes`."""
+
+    def __init__(self, meters: Sequence[Meter], backend: str, notes: Sequence[str]) -> None:
+        super().__init__(meters)
+        self.name = backend
+        self.notes = list(notes)
+
+    @property
+    def assumptions(self) -> dict:
+        out = dict(super().assumptions)
+        if self.notes:
+            out["meter_notes"] = list(self.notes)
+        return out
+
+    def describe(self) -> str:
+        chosen = super().describe()
+        return f"backend={self.name}: {chosen}" + (f" ({'; '.join(self.notes)})" if self.notes else "")
+
+
+def _visible_gpus() -> list[int]:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return []
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+def make_meter(
+    backend: str = "auto",
+    gpu_indices: Sequence[int] | None = None,
+    measure_node: bool = True,
+    watts_per_core: float = DEFAULT_WATTS_PER_CORE,
+    rapl_root: str | os.PathLike[str] = DEFAULT_ROOT,
+    include_children: bool = True,
+) -> SelectedMeter:
+    """Build a meter.
+
+    Args:
+        backend: ``"auto"`` (best that works: GPU through Zeus, else NVML; CPU through RAPL, else
+            the CPU-time estimate), or one of ``"zeus"``, ``"nvml"``, ``"rapl"``, ``"estimate"``.
+        gpu_indices: CUDA indices this process should measure (``None``: every visible GPU; ``[]``:
+            none). Under DDP pass the rank's own device.
+        measure_node: Whether this process reads node-wide counters (RAPL packages, DRAM). Under
+            DDP only one process per node should.
+        watts_per_core: For the estimate backend.
+        rapl_root: The powercap tree to read.
+        include_children: For the estimate backend: count child processes' CPU time.
+
+    Raises:
+        ValueError: If ``backend`` is unknown.
+        MeterUnavailableError: If an explicitly named backend cannot work here.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    gpus = _visible_gpus() if gpu_indices is None else list(gpu_indices)
+    meters: list[Meter] = []
+    notes: list[str] = []
+
+    def estimate() -> EstimateMeter:
+        return EstimateMeter(watts_per_core=watts_per_core, include_children=include_children)
+
+    if backend == "estimate":
+        meters.append(estimate())
+    elif backend == "rapl":
+        if measure_node:
+            meters.append(RaplMeter(rapl_root))
+        else:
+            discover_zones(rapl_root)  # fail loudly here too if RAPL cannot work
+            notes.append("cpu: RAPL is read by local rank 0 of this node")
+    elif backend == "nvml":
+        meters.append(NvmlMeter(gpus))
+    elif backend == "zeus":
+        meters.append(ZeusMeter(gpu_indices=gpus, cpu_indices=None if measure_node else []))
+    else:
+        if gpus:
+            try:
+                meters.append(ZeusMeter(gpu_indices=gpus, cpu_indices=[]))
+            except MeterUnavailableError as zerr:
+                try:
+                    meters.append(NvmlMeter(gpus))
+                    notes.append(f"gpu: zeus unavailable ({zerr}), using NVML directly")
+                except MeterUnavailableError as nerr:
+                    notes.append(f"gpu: NOT MEASURED: zeus unavailable ({zerr}); NVML unavailable ({nerr})")
+        try:
+            if measure_node:
+                meters.append(RaplMeter(rapl_root))
+            else:
+                discover_zones(rapl_root)
+                notes.append("cpu: RAPL is read by local rank 0 of this node")
+        except MeterUnavailableError as rerr:
+            meters.append(estimate())
+            notes.append(f"cpu: estimated, no RAPL counter ({rerr})")
+    if not meters:
+        # Only a non-zero local rank with node-wide RAPL gets here: it measures nothing itself.
+        meters.append(_NullMeter())
+    return SelectedMeter(meters, backend, notes)
+
+
+class _NullMeter(Meter):
+    """Measures nothing: for a DDP rank whose node counters are read by another rank."""
+
+    name = "none"
+    scope = "process"
+
+    @property
+    def channels(self) -> tuple:
+        return ()
+
+    def _begin(self, name: str) -> None:
+        return None
+
+    def _end(self, name: str, token: object) -> list:
+        return []

@@ -1,0 +1,6 @@
+"""Configurable networks and the LightningModule that trains them."""
+
+from lightning_green.models.lit import LitClassifier, count_params
+from lightning_green.models.nets import ACTIVATIONS, DenseNet, SimpleCNN, torchvision_model
+
+__all__ = ["ACTIVATIONS", "DenseNet", "LitClassifier", "SimpleCNN", "count_params", "torchvision_model"]

@@ -1,0 +1,84 @@
+"""Shared helpers: tiny real Trainers, fake hardware trees, and a loopback-only network namespace."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_rapl_tree(
+    root: Path, packages: dict[int, int], dram: dict[int, int] | None = None, max_uj: int = 1_000_000
+) -> Path:
+    """Write a fake /sys/class/powercap tree: package zones (and dram sub-zones) with given energy_uj."""
+    for pkg, uj in packages.items():
+        z = root / f"intel-rapl:{pkg}"
+        z.mkdir(parents=True, exist_ok=True)
+        (z / "name").write_text(f"package-{pkg}\n")
+        (z / "energy_uj").write_text(f"{uj}\n")
+        (z / "max_energy_range_uj").write_text(f"{max_uj}\n")
+        core = root / f"intel-rapl:{pkg}:0"
+        core.mkdir(exist_ok=True)
+        (core / "name").write_text("core\n")
+        (core / "energy_uj").write_text("5\n")
+        (core / "max_energy_range_uj").write_text(f"{max_uj}\n")
+    for pkg, uj in (dram or {}).items():
+        d = root / f"intel-rapl:{pkg}:1"
+        d.mkdir(exist_ok=True)
+        (d / "name").write_text("dram\n")
+        (d / "energy_uj").write_text(f"{uj}\n")
+        (d / "max_energy_range_uj").write_text(f"{max_uj}\n")
+    return root
+
+
+def set_uj(root: Path, zone: str, uj: int) -> None:
+    (root / zone / "energy_uj").write_text(f"{uj}\n")
+
+
+@pytest.fixture
+def rapl_tree(tmp_path: Path) -> Path:
+    return make_rapl_tree(tmp_path / "powercap", {0: 900_000, 1: 100}, dram={0: 10})
+
+
+def netns_available() -> bool:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return False
+    r = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+    return r.returncode == 0
+
+
+def run_in_loopback_netns(
+    args: list[str], timeout: float = 300, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run a command in a private network namespace with only loopback up.
+
+    Ray then binds to 127.0.0.1 and no test traffic leaves this machine.
+    """
+    if not netns_available():
+        if os.environ.get("CI"):
+            pytest.fail("CI needs `unshare -n` (root) to keep Ray on loopback")
+        pytest.skip("needs `unshare -n` and `ip` (root) to keep Ray traffic on loopback")
+    script = "ip link set lo up && exec " + " ".join(_quote(a) for a in args)
+    return subprocess.run(
+        ["unshare", "-n", "bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
+
+
+def _quote(a: str) -> str:
+    import shlex
+
+    return shlex.quote(a)
+
+
+PYTHON = sys.executable

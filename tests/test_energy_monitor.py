@@ -1,0 +1,296 @@
+"""EnergyMonitor with a real Trainer on the embedded digits data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import PYTHON, REPO, make_rapl_tree
+from lightning import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from lightning_green import EnergyMonitor
+from lightning_green.data import DigitsDataModule
+from lightning_green.models import LitClassifier, SimpleCNN
+from lightning_green.records import iter_records, read_summary, read_windows
+
+KEYS = [
+    "energy/train_epoch_j",
+    "energy/val_epoch_j",
+    "energy/test_j",
+    "energy/total_j",
+    "energy/total_kwh",
+    "energy/co2e_g",
+    "power/train_avg_w",
+    "time/train_epoch_s",
+    "energy/forecast_fit_j",
+]
+
+
+def _trainer(tmp_path: Path, monitor: EnergyMonitor, **kw) -> Trainer:
+    kw.setdefault("max_epochs", 3)
+    kw.setdefault("logger", CSVLogger(tmp_path / "logs", name="run"))
+    return Trainer(
+        callbacks=[monitor, *kw.pop("callbacks", [])],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        **kw,
+    )
+
+
+def _model() -> LitClassifier:
+    return LitClassifier(SimpleCNN(conv_layers=1, linear_layers=2))
+
+
+def test_records_totals_and_logged_keys(tmp_path: Path):
+    monitor = EnergyMonitor()
+    trainer = _trainer(tmp_path, monitor)
+    dm = DigitsDataModule()
+    trainer.fit(_model(), datamodule=dm)
+    trainer.test(_model(), datamodule=dm)
+
+    out = Path(trainer.logger.log_dir)
+    windows = read_windows(out)
+    stages = [(w.stage, w.epoch) for w in windows]
+    assert [s for s in stages if s[0] == "train"] == [("train", 0), ("train", 1), ("train", 2)]
+    assert [s for s in stages if s[0] == "validate"] == [("validate", 0), ("validate", 1), ("validate", 2)]
+    assert stages[0] == ("sanity_check", 0) and stages[-1][0] == "test"
+    for w in windows:
+        assert w.energy_j > 0 and w.seconds > 0 and w.complete
+        assert w.sources == {"cpu": "estimated:cpu-time"}
+        assert w.domains[0]["source"] == "estimated:cpu-time"
+
+    # Validation is measured apart: each epoch's validation runs inside its train epoch's span
+    # (before on_train_epoch_end), and the train window paused for it.
+    trains = [w for w in windows if w.stage == "train"]
+    vals = [w for w in windows if w.stage == "validate"]
+    for t, v in zip(trains, vals, strict=True):
+        assert t.start_time < v.start_time < v.end_time <= t.end_time + 1e-6
+        assert t.seconds <= (t.end_time - t.start_time) - v.seconds + 1e-6
+
+    summary = read_summary(out)
+    assert summary["finished"] is True
+    assert summary["total_j"] == pytest.approx(sum(w.energy_j for w in windows))
+    assert summary["stage_j"]["train"] == pytest.approx(sum(w.energy_j for w in trains))
+    assert summary["assumptions"]["cpu_model"] == "cpu-time"
+    assert monitor.total_j == pytest.approx(summary["total_j"])
+    assert trainer.callback_metrics["energy/total_j"].item() == pytest.approx(summary["total_j"], rel=1e-5)
+    assert summary["total_kwh"] == pytest.approx(summary["total_j"] / 3.6e6)
+    assert summary["co2e_g"] == pytest.approx(summary["total_kwh"] * 475.0)
+
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    for key in KEYS:
+        assert any(r.get(key) not in (None, "") for r in rows), key
+    train_j = [float(r["energy/train_epoch_j"]) for r in rows if r.get("energy/train_epoch_j")]
+    assert train_j == pytest.approx([w.energy_j for w in trains], rel=1e-5)
+    power = [float(r["power/train_avg_w"]) for r in rows if r.get("power/train_avg_w")]
+    assert power == pytest.approx([w.energy_j / w.seconds for w in trains], rel=1e-4)
+
+
+def test_forecast_predicts_fit_energy(tmp_path: Path):
+    monitor = EnergyMonitor(output_dir=tmp_path / "out")
+    trainer = _trainer(tmp_path, monitor, max_epochs=4, logger=False)
+    forecasts = []
+
+    class Grab(EnergyMonitor.__mro__[1]):  # a plain Callback
+        def on_train_epoch_end(self, trainer, pl_module):
+            forecasts.append(monitor.forecast_fit_j)
+
+    trainer.callbacks.append(Grab())
+    trainer.fit(_model(), datamodule=DigitsDataModule())
+    final = monitor.total_j
+    assert forecasts[-1] == pytest.approx(final)  # nothing left to run
+    assert forecasts[0] == pytest.approx(final, rel=0.6)  # a real prediction, same order
+
+
+def test_resume_continues_totals(tmp_path: Path):
+    out = tmp_path / "energy"
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = _trainer(tmp_path, EnergyMonitor(output_dir=out), max_epochs=2, callbacks=[ckpt], logger=False)
+    trainer.fit(_model(), datamodule=DigitsDataModule())
+    first_total = read_summary(out)["total_j"]
+
+    monitor = EnergyMonitor(output_dir=out)
+    ckpt2 = ModelCheckpoint(dirpath=tmp_path / "ckpt")
+    trainer2 = _trainer(tmp_path, monitor, max_epochs=4, callbacks=[ckpt2], logger=False)
+    trainer2.fit(_model(), datamodule=DigitsDataModule(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+
+    windows = read_windows(out)
+    assert sorted(w.epoch for w in windows if w.stage == "train") == [0, 1, 2, 3]
+    summary = read_summary(out)
+    assert summary["total_j"] > first_total
+    assert summary["total_j"] == pytest.approx(sum(w.energy_j for w in windows))
+    assert summary["epochs"] == 4
+
+
+def test_failing_meter_warns_once_and_training_goes_on(tmp_path: Path):
+    monitor = EnergyMonitor(output_dir=tmp_path / "out")
+    trainer = _trainer(tmp_path, monitor, max_epochs=3, logger=False)
+
+    from lightning.pytorch.callbacks import Callback
+
+    class BreakCounter(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                est = monitor.meter.meters[0]
+
+                def broken():
+                    raise OSError("counter gone")
+
+                est.read_counters = broken
+
+    trainer.callbacks.insert(0, BreakCounter())
+    with pytest.warns(UserWarning, match="incomplete") as caught:
+        trainer.fit(_model(), datamodule=DigitsDataModule())
+    assert sum("incomplete" in str(w.message) for w in caught) == 1
+    windows = read_windows(tmp_path / "out")
+    assert trainer.current_epoch == 3  # training went on
+    train = {w.epoch: w for w in windows if w.stage == "train"}
+    assert train[0].complete and not train[2].complete
+    assert train[2].domains[0]["joules"] is None  # not a silent zero
+    assert read_summary(tmp_path / "out")["incomplete_windows"] >= 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"backend": "gpu"}, "backend"),
+        ({"carbon_intensity_g_per_kwh": -5}, "carbon_intensity_g_per_kwh"),
+        ({"pue": 0.5}, "pue"),
+        ({"watts_per_core": 0}, "watts_per_core"),
+    ],
+)
+def test_bad_arguments_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        EnergyMonitor(**kwargs)
+
+
+def test_default_output_dir_without_logger(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    trainer = _trainer(tmp_path, EnergyMonitor(), max_epochs=1, logger=False)
+    trainer.fit(_model(), datamodule=DigitsDataModule())
+    assert (tmp_path / "lightning_green_logs" / "energy.jsonl").is_file()
+
+
+def test_torn_last_line_is_skipped(tmp_path: Path):
+    trainer = _trainer(tmp_path, EnergyMonitor(output_dir=tmp_path / "o"), max_epochs=1, logger=False)
+    trainer.fit(_model(), datamodule=DigitsDataModule())
+    path = tmp_path / "o" / "energy.jsonl"
+    n = len(read_windows(path))
+    with open(path, "a") as f:
+        f.write('{"kind": "window", "stage": "tra')
+    with pytest.warns(UserWarning, match="torn last line"):
+        assert len(list(iter_records(path))) == n
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from lightning import Trainer
+    from lightning.pytorch.callbacks import Callback
+    from lightning_green import EnergyMonitor
+    from lightning_green.data import DigitsDataModule
+    from lightning_green.models import LitClassifier, SimpleCNN
+
+    class Slow(Callback):
+        def on_train_batch_end(self, *a):
+            time.sleep(0.02)
+
+    Trainer(max_epochs=1000, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+            callbacks=[EnergyMonitor(output_dir=sys.argv[1]), Slow()]).fit(
+        LitClassifier(SimpleCNN(conv_layers=1)), datamodule=DigitsDataModule())
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigkill_keeps_every_finished_epoch(tmp_path: Path):
+    out = tmp_path / "out"
+    script = tmp_path / "train.py"
+    script.write_text(KILL_SCRIPT)
+    proc = subprocess.Popen(
+        [PYTHON, str(script), str(out)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    records = out / "energy.jsonl"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if records.exists() and records.read_text().count('"stage": "train"') >= 3:
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            time.sleep(0.05)
+        else:
+            pytest.fail("training did not reach 3 epochs")
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    lines = records.read_text().splitlines()
+    parsed = [json.loads(line) for line in lines]  # every line parses: no torn record
+    train_epochs = [r["epoch"] for r in parsed if r["stage"] == "train"]
+    assert len(train_epochs) >= 3
+    assert train_epochs == list(range(len(train_epochs)))
+    summary = read_summary(out)
+    assert summary["finished"] is False
+    assert summary["total_j"] == pytest.approx(sum(r["energy_j"] for r in parsed[: summary["windows"]]))
+
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from lightning import Trainer
+    from lightning_green import EnergyMonitor
+    from lightning_green.data import DigitsDataModule
+    from lightning_green.models import LitClassifier, SimpleCNN
+
+    out, backend, rapl_root = sys.argv[1], sys.argv[2], sys.argv[3]
+    trainer = Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp", logger=False,
+                      enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                      callbacks=[EnergyMonitor(output_dir=out, backend=backend, rapl_root=rapl_root)])
+    trainer.fit(LitClassifier(SimpleCNN(conv_layers=1)), datamodule=DigitsDataModule())
+    if trainer.global_rank == 0:
+        print("LOGGED", float(trainer.callback_metrics["energy/total_j"]))
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["estimate", "rapl"])
+def test_ddp_two_processes_count_once(tmp_path: Path, backend: str):
+    out = tmp_path / "out"
+    root = make_rapl_tree(tmp_path / "powercap", {0: 1000}, dram={0: 10})
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29500 + os.getpid() % 1000)}
+    r = subprocess.run(
+        [PYTHON, str(script), str(out), backend, str(root)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-4000:]
+    windows = read_windows(out)  # one file, written by rank zero alone
+    assert len([w for w in windows if w.stage == "train"]) == 2
+    for w in windows:
+        assert w.world_size == 2
+        keys = sorted(f"{d['domain']}:{d['device']}" for d in w.domains)
+        if backend == "estimate":
+            assert keys == ["cpu:rank0/process", "cpu:rank1/process"]  # each process's own CPU time
+        else:
+            assert keys == ["cpu:rank0/0", "dram:rank0/0"]  # node counters read once, by local rank 0
+    summary = read_summary(out)
+    assert summary["total_j"] == pytest.approx(sum(w.energy_j for w in windows))
+    logged = float(r.stdout.split("LOGGED")[1].split()[0])
+    assert logged == pytest.approx(summary["total_j"], rel=1e-5)
