@@ -194,3 +194,46 @@ def find_runs(root: str | os.PathLike[str]) -> list[Path]:
     """Directories under ``root`` (``root`` included) that hold an ``energy.jsonl``."""
     root = Path(root)
     return sorted({p.parent for p in root.rglob(RECORDS_FILE)})
+
+
+RUN_FILE = "run.json"
+
+
+@dataclass
+class RunRecord:
+    """One training run: what was trained, how it scored, what it cost (``run.json``).
+
+    ``energy_j`` is the training energy (train epochs, validation, sanity check); ``total_j`` adds
+    the test run. ``sources`` says per domain whether the figures are measured or estimated.
+    """
+
+    run_id: str
+    overrides: list[str]
+    choices: dict[str, str]
+    config: dict[str, Any]
+    test_acc: float | None
+    val_acc: float | None
+    energy_j: float
+    total_j: float
+    total_kwh: float
+    co2e_g: float
+    seconds: float
+    train_seconds: float
+    params: int
+    flops_per_sample: int
+    sources: dict[str, str]
+    complete: bool
+    epochs: int
+    kind: str = "run"
+    schema: int = SCHEMA_VERSION
+
+
+def write_run(directory: str | os.PathLike[str], record: RunRecord) -> Path:
+    path = Path(directory) / RUN_FILE
+    write_json_atomic(path, asdict(record))
+    return path
+
+
+def read_run(directory: str | os.PathLike[str]) -> RunRecord:
+    data = json.loads((Path(directory) / RUN_FILE).read_text(encoding="utf-8"))
+    return RunRecord(**data)

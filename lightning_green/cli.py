@@ -1,0 +1,57 @@
+"""``lightning-green <command>``: train, report, profile, tune, compare."""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = {
+    "train": "train one configuration, or a multirun with -m (Hydra overrides follow)",
+    "report": "turn a run, multirun or study folder into summary.csv/.md and plots",
+    "profile": "profile a model's energy per layer and layer type (Hydra overrides follow)",
+    "tune": "a Ray Tune study: tune/strategy=grid|random|bayes|multi (Hydra overrides follow)",
+    "compare": "run every search strategy on the same budget and compare them",
+}
+
+
+def _usage() -> str:
+    lines = ["usage: lightning-green <command> [args]", "", "commands:"]
+    lines += [f"  {name:<8} {text}" for name, text in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"lightning-green: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    # Hydra reads sys.argv itself.
+    sys.argv = [f"lightning-green {command}", *rest]
+    if command == "train":
+        from lightning_green.train import main as train_main
+
+        train_main()
+    elif command == "report":
+        from lightning_green.report.cli import main as report_main
+
+        return report_main(rest)
+    elif command == "profile":
+        from lightning_green.profile import main as profile_main
+
+        profile_main()
+    elif command == "tune":
+        from lightning_green.tune.cli import tune_main
+
+        tune_main()
+    elif command == "compare":
+        from lightning_green.tune.cli import compare_main
+
+        compare_main()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

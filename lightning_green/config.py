@@ -1,0 +1,193 @@
+"""Structured-config schemas for the Hydra tree in ``conf/``, and building objects from a config.
+
+Each YAML choice extends a schema registered here (``defaults: [cnn_schema]``), so a value of the
+wrong type fails at composition with its key named. Range checks live in the constructors; this
+module re-raises their errors prefixed with the config group (``model.conv_layers must be ...``),
+before any training starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).parent / "conf"
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names its key and the allowed values."""
+
+
+@dataclass
+class CNNSchema:
+    _target_: str = "lightning_green.models.SimpleCNN"
+    conv_layers: int = 2
+    linear_layers: int = 2
+    base_channels: int | None = None
+    hidden_units: int = 64
+    activation: str = "relu"
+    batchnorm: bool = True
+    pooling: bool = True
+
+
+@dataclass
+class DenseSchema:
+    _target_: str = "lightning_green.models.DenseNet"
+    hidden_layers: int = 3
+    width: int = 256
+    shape: str = "linear"
+    activation: str = "relu"
+
+
+@dataclass
+class TorchvisionModelSchema:
+    _target_: str = "lightning_green.models.torchvision_model"
+    name: str = "resnet18"
+
+
+@dataclass
+class _DataSchema:
+    batch_size: int = 64
+    num_workers: int = 0
+    seed: int = "${seed}"  # type: ignore[assignment]
+
+
+@dataclass
+class DigitsSchema(_DataSchema):
+    _target_: str = "lightning_green.data.DigitsDataModule"
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+
+
+@dataclass
+class TorchvisionDataSchema(_DataSchema):
+    _target_: str = "lightning_green.data.TorchvisionDataModule"
+    name: str = MISSING
+    data_dir: str = "data"
+    download: bool = False
+    val_fraction: float = 0.1
+
+
+@dataclass
+class SyntheticSchema(_DataSchema):
+    _target_: str = "lightning_green.data.SyntheticDataModule"
+    samples: int = 1024
+    in_channels: int = 1
+    image_size: int = 8
+    num_classes: int = 10
+
+
+@dataclass
+class TrainerSchema:
+    _target_: str = "lightning.pytorch.Trainer"
+    accelerator: str = "cpu"
+    devices: Any = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: Any = "32-true"
+    max_epochs: int = 5
+    max_steps: int = -1
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    val_check_interval: Any = None
+    check_val_every_n_epoch: int = 1
+    num_sanity_val_steps: int = 2
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    log_every_n_steps: int = 10
+    deterministic: bool = False
+    enable_progress_bar: bool = False
+    enable_model_summary: bool = False
+
+
+@dataclass
+class AdamSchema:
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+
+@dataclass
+class EnergySchema:
+    backend: str = "auto"
+    carbon_intensity_g_per_kwh: float = 475.0
+    pue: float = 1.0
+    watts_per_core: float = 12.0
+    profile_layers: bool = False
+
+
+@dataclass
+class BaseConfig:
+    model: Any = MISSING
+    data: Any = MISSING
+    trainer: Any = MISSING
+    optimizer: Any = MISSING
+    energy: Any = MISSING
+    logger: Any = None
+    profiler: Any = field(default_factory=dict)
+    tune: Any = None
+    seed: int = 0
+    output_dir: str = MISSING
+    test: bool = True
+    profile_layers: bool = False
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=BaseConfig)
+    cs.store(group="model", name="cnn_schema", node=CNNSchema)
+    cs.store(group="model", name="dense_schema", node=DenseSchema)
+    cs.store(group="model", name="torchvision_schema", node=TorchvisionModelSchema)
+    cs.store(group="data", name="digits_schema", node=DigitsSchema)
+    cs.store(group="data", name="torchvision_schema", node=TorchvisionDataSchema)
+    cs.store(group="data", name="synthetic_schema", node=SyntheticSchema)
+    cs.store(group="trainer", name="trainer_schema", node=TrainerSchema)
+    cs.store(group="optimizer", name="adam_schema", node=AdamSchema)
+    cs.store(group="energy", name="energy_schema", node=EnergySchema)
+
+
+register_configs()
+
+
+def _root_value_error(err: BaseException) -> BaseException:
+    seen: BaseException | None = err
+    found: BaseException = err
+    while seen is not None:
+        if isinstance(seen, ValueError):
+            found = seen
+        seen = seen.__cause__ or seen.__context__
+    return found
+
+
+def build(group: str, node: DictConfig, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` with errors re-raised as :class:`ConfigError` naming ``group.key``."""
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, _convert_="all", **kwargs)
+    except Exception as err:
+        root = _root_value_error(err)
+        raise ConfigError(f"{group}.{root}" if isinstance(root, ValueError) else f"{group}: {root}") from err
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    t = cfg.trainer
+    if not (t.max_epochs >= 1 or (t.max_epochs == -1 and t.max_steps > 0)):
+        raise ConfigError(
+            f"trainer.max_epochs must be an integer >= 1 (or -1 with trainer.max_steps > 0), got {t.max_epochs}"
+        )
+    if t.accelerator not in ("cpu", "gpu", "cuda", "mps", "auto"):
+        raise ConfigError(
+            f"trainer.accelerator must be one of cpu, gpu, cuda, mps, auto; got {t.accelerator!r}"
+        )
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,212 @@
+"""Tables, main effects and plots from training runs' records (``run.json`` + energy records)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from lightning_green.records import RUN_FILE, read_run, read_windows
+from lightning_green.report.pareto import pareto_mask
+
+COLUMNS = [
+    "test_acc",
+    "val_acc",
+    "energy_j",
+    "energy_kwh",
+    "total_j",
+    "co2e_g",
+    "seconds",
+    "train_seconds",
+    "params",
+    "flops_per_sample",
+    "epochs",
+    "source",
+    "complete",
+]
+
+
+def _parse_override(text: str) -> tuple[str, str] | None:
+    if "=" not in text:
+        return None
+    key, value = text.split("=", 1)
+    key = key.lstrip("+~")
+    if key.startswith("hydra"):
+        return None
+    return key, value
+
+
+def load_runs(root: str | Path) -> pd.DataFrame:
+    """One row per run folder under ``root`` (``root`` itself may be a run).
+
+    Energy comes from each run's window records (checked against ``run.json``), never from logs.
+    """
+    root = Path(root)
+    rows = []
+    for path in sorted({p.parent for p in root.rglob(RUN_FILE)}):
+        rec = read_run(path)
+        windows = read_windows(path)
+        fit_j = sum(w.energy_j for w in windows if w.stage in ("train", "validate", "sanity_check"))
+        row: dict[str, object] = {"run": str(path.relative_to(root)) if path != root else "."}
+        for ov in rec.overrides:
+            kv = _parse_override(ov)
+            if kv:
+                row[kv[0]] = _number(kv[1])
+        row.update(
+            test_acc=rec.test_acc,
+            val_acc=rec.val_acc,
+            energy_j=fit_j,
+            energy_kwh=fit_j / 3.6e6,
+            total_j=rec.total_j,
+            co2e_g=rec.co2e_g,
+            seconds=rec.seconds,
+            train_seconds=rec.train_seconds,
+            params=rec.params,
+            flops_per_sample=rec.flops_per_sample,
+            epochs=rec.epochs,
+            source=", ".join(f"{d}={s}" for d, s in sorted(rec.sources.items())),
+            complete=rec.complete and all(w.complete for w in windows),
+        )
+        rows.append(row)
+    if not rows:
+        raise FileNotFoundError(
+            f"no run.json under {root}: is it a `lightning-green train` run or multirun folder?"
+        )
+    df = pd.DataFrame(rows)
+    factors = swept_factors(df)
+    return df[["run", *factors, *COLUMNS]]
+
+
+def _number(value: str) -> object:
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def swept_factors(df: pd.DataFrame) -> list[str]:
+    """Override keys that take more than one value across runs."""
+    return [c for c in df.columns if c not in ("run", *COLUMNS) and df[c].nunique(dropna=False) > 1]
+
+
+def main_effects(df: pd.DataFrame, response: str = "energy_j") -> pd.DataFrame:
+    """Each swept factor's main effect on ``response``: eta squared (SS_factor / SS_total), the share of
+    variance it explains, as the study reports, plus the mean response per level and the change
+    from the highest level to the lowest."""
+    y = df[response].astype(float)
+    ss_total = float(((y - y.mean()) ** 2).sum())
+    rows = []
+    for f in swept_factors(df):
+        groups = df.groupby(f)[response]
+        ss = float(sum(len(g) * (g.mean() - y.mean()) ** 2 for _, g in groups))
+        means = groups.mean()
+        levels = sorted(means.index, key=lambda v: (isinstance(v, str), v))
+        lo, hi = levels[0], levels[-1]
+        change = (means[lo] - means[hi]) / means[hi] if means[hi] else float("nan")
+        rows.append(
+            {
+                "factor": f,
+                "eta_sq": ss / ss_total if ss_total > 0 else float("nan"),
+                "levels": ", ".join(f"{lv}: {means[lv]:.4g}" for lv in levels),
+                f"change_{hi}_to_{lo}": change,
+                "change_high_to_low": change,
+            }
+        )
+    out = pd.DataFrame(rows)
+    return out.drop(columns=[c for c in out.columns if c.startswith("change_") and c != "change_high_to_low"])
+
+
+def write_tables(df: pd.DataFrame, out: Path, effects: pd.DataFrame | None) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "summary.csv", out / "summary.md"]
+    df.to_csv(paths[0], index=False)
+    text = ["# lightning-green report", "", _md(df), ""]
+    sources = sorted(set(df["source"]))
+    text.append(
+        f"Energy source: {'; '.join(sources)}. `energy_j` is training energy (train epochs, validation, "
+        "sanity check); `total_j` adds the test run."
+    )
+    if effects is not None and not effects.empty:
+        paths.append(out / "main_effects.csv")
+        effects.to_csv(paths[-1], index=False)
+        text += [
+            "",
+            "## Main effects on training energy (share of variance explained, eta^2)",
+            "",
+            _md(effects),
+        ]
+    paths[1].write_text("\n".join(text) + "\n")
+    return paths
+
+
+def _md(df: pd.DataFrame) -> str:
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    header = "| " + " | ".join(map(str, df.columns)) + " |"
+    sep = "| " + " | ".join("---" for _ in df.columns) + " |"
+    body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([header, sep, *body])
+
+
+def plot_runs(df: pd.DataFrame, out: Path, effects: pd.DataFrame | None) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    acc = df["test_acc"].fillna(df["val_acc"]).astype(float)
+    en = df["energy_j"].astype(float)
+    mask = pareto_mask(acc, en)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.scatter(en, acc, c="tab:gray", label="runs")
+    front = sorted(zip(en[mask], acc[mask], strict=True))
+    ax.plot([p[0] for p in front], [p[1] for p in front], "o-", c="tab:green", label="Pareto front")
+    for (_, row), a, e in zip(df.iterrows(), acc, en, strict=True):
+        ax.annotate(row["run"], (e, a), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(f"training energy (J, {_source_word(df)})")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Accuracy vs energy")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(out / "accuracy_vs_energy.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    factors = swept_factors(df)
+    if factors:
+        fig, axes = plt.subplots(1, len(factors), figsize=(3.2 * len(factors), 3.5), squeeze=False)
+        for ax, f in zip(axes[0], factors, strict=True):
+            means = df.groupby(f)["energy_j"].mean()
+            ax.bar([str(i) for i in means.index], means.values, color="tab:orange")
+            title = f
+            if effects is not None and not effects.empty:
+                eta = effects.set_index("factor").loc[f, "eta_sq"]
+                title += f"\neta^2 = {eta:.3f}"
+            ax.set_title(title, fontsize=9)
+            ax.set_ylabel("mean training energy (J)")
+        fig.tight_layout()
+        paths.append(out / "energy_by_factor.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+def _source_word(df: pd.DataFrame) -> str:
+    s = " ".join(df["source"])
+    if "estimated" in s and "measured" in s:
+        return "measured + estimated"
+    return "estimated" if "estimated" in s else "measured"
+
+
+def report_runs(root: str | Path, out: str | Path | None = None) -> list[Path]:
+    root = Path(root)
+    out = Path(out) if out else root
+    df = load_runs(root)
+    effects = main_effects(df) if swept_factors(df) else None
+    return write_tables(df, out, effects) + plot_runs(df, out, effects)

@@ -1,0 +1,183 @@
+"""``lightning-green train``: train one configuration of the Hydra tree with EnergyMonitor on.
+
+Usage::
+
+    lightning-green train                                  # default CNN on digits
+    lightning-green train model.conv_layers=4 trainer.max_epochs=3
+    lightning-green train -m model.conv_layers=1,2,4       # a multirun
+    lightning-green train +experiment=paper_rq2            # the study's 2x2x2 design
+    python -m lightning_green.train ...                    # the same
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig
+
+from lightning_green.callbacks import EnergyMonitor
+from lightning_green.config import CONF_DIR, build, check_trainer, to_container
+from lightning_green.models import LitClassifier, count_params
+from lightning_green.records import RunRecord, write_run
+
+
+@dataclass
+class Run:
+    """Everything a configuration builds, before any training."""
+
+    trainer: pl.Trainer
+    module: LitClassifier
+    datamodule: pl.LightningDataModule
+    monitor: EnergyMonitor
+    flops_per_sample: int
+
+
+def forward_flops(net: torch.nn.Module, sample: torch.Tensor) -> int:
+    """FLOPs of one forward pass on ``sample`` (PyTorch's own counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(sample)
+    finally:
+        net.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def build_run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> Run:
+    """Validate and build datamodule, model, callbacks and Trainer. Raises ConfigError on bad values."""
+    check_trainer(cfg)
+    dm = build("data", cfg.data)
+    net = build(
+        "model",
+        cfg.model,
+        in_channels=dm.in_channels,
+        image_size=dm.image_size,
+        num_classes=dm.num_classes,
+    )
+    try:
+        module = LitClassifier(net, **to_container(cfg.optimizer))
+    except ValueError as err:
+        raise_config("optimizer", err)
+    e = cfg.energy
+    try:
+        monitor = EnergyMonitor(
+            backend=e.backend,
+            output_dir=cfg.output_dir,
+            carbon_intensity_g_per_kwh=e.carbon_intensity_g_per_kwh,
+            pue=e.pue,
+            watts_per_core=e.watts_per_core,
+        )
+    except ValueError as err:
+        raise_config("energy", err)
+    callbacks: list[pl.Callback] = [monitor]
+    if cfg.profile_layers:
+        from lightning_green.callbacks.layer_profiler import LayerEnergyProfiler
+
+        callbacks.append(
+            build("profiler", cfg.profiler, _target_=LayerEnergyProfiler, output_dir=cfg.output_dir)
+        )
+    callbacks += extra_callbacks or []
+    logger = build("logger", cfg.logger) if cfg.logger else False
+    trainer = build(
+        "trainer", cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=cfg.output_dir
+    )
+    sample = torch.zeros(1, dm.in_channels, dm.image_size, dm.image_size)
+    return Run(trainer, module, dm, monitor, forward_flops(net, sample))
+
+
+def raise_config(group: str, err: ValueError) -> None:
+    from lightning_green.config import ConfigError
+
+    raise ConfigError(f"{group}.{err}") from err
+
+
+def run_training(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> RunRecord:
+    """Train (and test) one configuration; writes ``run.json`` beside the energy records."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    run = build_run(cfg, extra_callbacks)
+    t0 = time.monotonic()
+    run.trainer.fit(run.module, datamodule=run.datamodule)
+    val_acc = _metric(run.trainer, "val_acc")
+    fit_j = run.monitor.total_j
+    test_acc = None
+    if cfg.test:
+        results = run.trainer.test(run.module, datamodule=run.datamodule, verbose=False)
+        test_acc = float(results[0]["test_acc"]) if results else None
+    m = run.monitor
+    record = RunRecord(
+        run_id=m.run_id,
+        overrides=_overrides(),
+        choices=_choices(),
+        config=to_container(cfg),
+        test_acc=test_acc,
+        val_acc=val_acc,
+        energy_j=fit_j,
+        total_j=m.total_j,
+        total_kwh=m.carbon.kwh(m.total_j),
+        co2e_g=m.carbon.co2e_g(m.total_j),
+        seconds=time.monotonic() - t0,
+        train_seconds=m.stage_s.get("train", 0.0),
+        params=count_params(run.module.net),
+        flops_per_sample=run.flops_per_sample,
+        sources=dict(m.sources),
+        complete=m.incomplete_windows == 0,
+        epochs=len(m.epoch_j),
+    )
+    if run.trainer.is_global_zero:
+        write_run(cfg.output_dir, record)
+    return record
+
+
+def _metric(trainer: pl.Trainer, key: str) -> float | None:
+    v = trainer.callback_metrics.get(key)
+    return float(v) if v is not None else None
+
+
+def _overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _choices() -> dict[str, str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra/")}
+
+
+def print_summary(record: RunRecord, output_dir: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="lightning-green run", show_header=False)
+    table.add_row("overrides", " ".join(record.overrides) or "(defaults)")
+    table.add_row("test accuracy", f"{record.test_acc:.4f}" if record.test_acc is not None else "-")
+    table.add_row("training energy", f"{record.energy_j:,.1f} J ({record.energy_j / 3.6e6:.3g} kWh)")
+    table.add_row("total energy (with test)", f"{record.total_j:,.1f} J, {record.co2e_g:.3g} g CO2e")
+    table.add_row("source", ", ".join(f"{d}: {s}" for d, s in record.sources.items()))
+    table.add_row("complete", "yes" if record.complete else "NO: a counter failed, see energy.jsonl")
+    table.add_row("time", f"{record.seconds:.1f} s ({record.epochs} epochs)")
+    table.add_row("params / FLOPs per sample", f"{record.params:,} / {record.flops_per_sample:,}")
+    table.add_row("records", output_dir)
+    Console().print(table)
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    """Hydra entry point; returns the test accuracy (what a sweeper maximises)."""
+    record = run_training(cfg)
+    print_summary(record, cfg.output_dir)
+    return float(record.test_acc if record.test_acc is not None else record.val_acc or 0.0)
+
+
+if __name__ == "__main__":
+    main()
