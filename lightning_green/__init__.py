@@ -8,7 +8,7 @@ Example::
     trainer = Trainer(callbacks=[EnergyMonitor()])
 """
 
-from lightning_green.callbacks import EnergyMonitor
+from lightning_green.callbacks import EnergyMonitor, LayerEnergyProfiler
 
 __version__ = "0.1.0"
-__all__ = ["EnergyMonitor", "__version__"]
+__all__ = ["EnergyMonitor", "LayerEnergyProfiler", "__version__"]

@@ -8,7 +8,7 @@ before any training starts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,16 @@ class EnergySchema:
 
 
 @dataclass
+class ProfilerSchema:
+    _target_: str = "lightning_green.callbacks.LayerEnergyProfiler"
+    warmup_steps: int = 5
+    profile_steps: int = 3
+    every_n_steps: int | None = 500
+    mode: str = "allocate"
+    replay_window_s: float = 2.0
+
+
+@dataclass
 class BaseConfig:
     model: Any = MISSING
     data: Any = MISSING
@@ -131,7 +141,7 @@ class BaseConfig:
     optimizer: Any = MISSING
     energy: Any = MISSING
     logger: Any = None
-    profiler: Any = field(default_factory=dict)
+    profiler: Any = MISSING
     tune: Any = None
     seed: int = 0
     output_dir: str = MISSING
@@ -151,6 +161,7 @@ def register_configs() -> None:
     cs.store(group="trainer", name="trainer_schema", node=TrainerSchema)
     cs.store(group="optimizer", name="adam_schema", node=AdamSchema)
     cs.store(group="energy", name="energy_schema", node=EnergySchema)
+    cs.store(group="profiler", name="profiler_schema", node=ProfilerSchema)
 
 
 register_configs()

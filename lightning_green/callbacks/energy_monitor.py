@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from lightning_green.records import (
 _TRAIN, _VAL, _TEST, _PRED, _SANITY = "train", "validate", "test", "predict", "sanity_check"
 # Not "./lightning_green": run from a source checkout, that is the package itself.
 DEFAULT_OUTPUT_DIR = "lightning_green_logs"
+SUMMARY_EVERY_S = 30.0
 
 
 class EnergyMonitor(Callback):
@@ -67,7 +69,7 @@ class EnergyMonitor(Callback):
       epoch, global step, start/end time, seconds, joules per domain and device, source per domain,
       complete or not), flushed and fsynced as each window ends.
     - ``energy_summary.json``: totals by stage, sources and assumptions, rewritten atomically after
-      every window, with ``"finished": true`` once the Trainer tears down.
+      the first window, then at most every 30 s, and at teardown with ``"finished": true``.
 
     Under DDP every rank measures its own GPU, one process per node reads the node-wide CPU/DRAM
     counters, and rank zero writes the merged records: nothing is counted twice.
@@ -130,6 +132,7 @@ class EnergyMonitor(Callback):
         self._segments: dict[str, list[Reading]] = {}
         self._paused_train = False
         self._epoch_val_j = 0.0
+        self._summary_at = -math.inf
 
     def _reset_totals(self) -> None:
         self.total_j = 0.0
@@ -253,9 +256,12 @@ class EnergyMonitor(Callback):
                     world_size=self._world_size,
                 )
             )
-            self._write_summary(finished=False)
+            # energy.jsonl is the crash-safe record; the summary (derivable from it) is refreshed
+            # at most every SUMMARY_EVERY_S so that short epochs do not pay for a second fsync.
+            if time.monotonic() - self._summary_at >= SUMMARY_EVERY_S:
+                self._write_summary(finished=False)
 
-    def _log(self, pl_module: pl.LightningModule, metrics: dict[str, float], reading: Reading) -> None:
+    def _log(self, trainer: pl.Trainer, metrics: dict[str, float], reading: Reading) -> None:
         if not self.log_metrics:
             return
         metrics = {
@@ -265,8 +271,11 @@ class EnergyMonitor(Callback):
             "energy/co2e_g": self.carbon.co2e_g(self.total_j),
             "energy/complete": float(reading.complete),
         }
-        for key, value in metrics.items():
-            pl_module.log(key, float(value), on_step=False, on_epoch=True, sync_dist=False)
+        # Straight to the loggers (float64, one call each) rather than LightningModule.log, whose
+        # per-key bookkeeping cost more than the measurement itself on short epochs.
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        trainer.callback_metrics.update({k: torch.tensor(v, dtype=torch.float64) for k, v in metrics.items()})
 
     # ------------------------------------------------------------------ train
     @override
@@ -288,7 +297,7 @@ class EnergyMonitor(Callback):
         }
         if self.forecast_fit_j is not None:
             metrics["energy/forecast_fit_j"] = self.forecast_fit_j
-        self._log(pl_module, metrics, reading)
+        self._log(trainer, metrics, reading)
 
     def _forecast(self, trainer: pl.Trainer) -> float | None:
         done = trainer.current_epoch + 1
@@ -319,7 +328,7 @@ class EnergyMonitor(Callback):
         if reading is None or stage == _SANITY:
             return
         self._epoch_val_j += reading.joules
-        self._log(pl_module, {"energy/val_epoch_j": reading.joules}, reading)
+        self._log(trainer, {"energy/val_epoch_j": reading.joules}, reading)
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -336,7 +345,7 @@ class EnergyMonitor(Callback):
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         reading = self._finish(trainer, _TEST)
         if reading is not None:
-            self._log(pl_module, {"energy/test_j": reading.joules}, reading)
+            self._log(trainer, {"energy/test_j": reading.joules}, reading)
 
     @override
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -375,6 +384,7 @@ class EnergyMonitor(Callback):
 
     def _write_summary(self, finished: bool) -> None:
         if self._is_writer and self.output_dir is not None:
+            self._summary_at = time.monotonic()
             write_json_atomic(self.output_dir / SUMMARY_FILE, {**self.summary(), "finished": finished})
 
     @override

@@ -12,6 +12,7 @@ share, not a wall-socket figure. Every reading is labelled ``estimated:cpu-time`
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -21,23 +22,64 @@ DEFAULT_WATTS_PER_CORE = 12.0
 WATTS_PER_CORE_SOURCE = "Green Algorithms (Lannelongue et al., Adv. Sci. 2021), 'unknown CPU' per-core TDP"
 
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_children(pid: int | str) -> list[str] | None:
+    """Child pids from /proc/<pid>/task/*/children (cheap), or None where the kernel lacks it."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    kids: list[str] = []
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids += f.read().split()
+        except FileNotFoundError:
+            return None  # CONFIG_PROC_CHILDREN is off
+        except OSError:
+            continue
+    return kids
+
+
+def _stat_cpu_seconds(pid: str) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0  # exited between listing and reading: counted via children_* once reaped
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime
+
+
+def _live_children_seconds() -> float:
+    todo = _proc_children("self")
+    if todo is None:
+        import psutil
+
+        total = 0.0
+        for child in psutil.Process().children(recursive=True):
+            try:
+                ct = child.cpu_times()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            total += ct.user + ct.system
+        return total
+    total = 0.0
+    while todo:
+        pid = todo.pop()
+        total += _stat_cpu_seconds(pid)
+        todo += _proc_children(pid) or []
+    return total
+
+
 def _process_cpu_seconds(include_children: bool) -> float:
     # CLOCK_PROCESS_CPUTIME_ID: nanosecond resolution, every thread of this process.
     own = time.process_time()
     if not include_children:
         return own
-    import psutil
-
-    proc = psutil.Process()
-    t = proc.cpu_times()  # children_*: children that already exited and were waited for
-    total = own + t.children_user + t.children_system
-    for child in proc.children(recursive=True):
-        try:
-            ct = child.cpu_times()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-        total += ct.user + ct.system
-    return total
+    t = os.times()  # children_*: children that already exited and were waited for
+    return own + t.children_user + t.children_system + _live_children_seconds()
 
 
 class EstimateMeter(CounterMeter):

@@ -1,0 +1,49 @@
+"""``lightning-green profile``: energy per layer and layer type of a model from the config tree.
+
+Usage::
+
+    lightning-green profile                                   # the default CNN on digits
+    lightning-green profile model=resnet18 data=synthetic profiler.mode=replay
+"""
+
+from __future__ import annotations
+
+import hydra
+import lightning.pytorch as pl
+from omegaconf import DictConfig
+
+from lightning_green.callbacks import LayerEnergyProfiler
+from lightning_green.config import CONF_DIR
+from lightning_green.train import build_run
+
+
+def print_type_table(profiler: LayerEnergyProfiler, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("layer type", "layers", "J / step", "share", "params", "fwd FLOPs / step"):
+        table.add_column(col, justify="left" if col == "layer type" else "right")
+    for t in profiler.type_table():
+        table.add_row(
+            t["layer_type"], str(t["layers"]), f"{t['joules_per_step']:.4g}", f"{t['share']:.1%}",
+            f"{t['params']:,}", f"{t['flops']:,}",
+        )  # fmt: skip
+    Console().print(table)
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="profile", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    run = build_run(cfg)
+    run.trainer.fit(run.module, datamodule=run.datamodule)
+    profiler = next(c for c in run.trainer.callbacks if isinstance(c, LayerEnergyProfiler))
+    rows = profiler.rows()
+    print_type_table(
+        profiler, f"Energy per layer type ({profiler.steps} profiled steps; {rows[0]['source']})"
+    )
+    print(f"files: {profiler.output_dir}/layers.csv, layer_types.csv, layer_energy.png")
+
+
+if __name__ == "__main__":
+    main()

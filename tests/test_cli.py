@@ -1,0 +1,157 @@
+"""The real `lightning-green` CLI: train, multirun, report, submitit, and a non-editable install."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from lightning_green.records import read_run, read_windows
+
+CLI = str(Path(sys.executable).with_name("lightning-green"))
+TINY = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+]
+
+
+def cli(*args: str, cwd: Path, timeout: float = 300, exe: str = CLI) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_help_lists_commands(tmp_path: Path):
+    r = cli("--help", cwd=tmp_path)
+    assert r.returncode == 0 and "train" in r.stdout and "report" in r.stdout
+    r = cli("bogus", cwd=tmp_path)
+    assert r.returncode == 2 and "unknown command" in r.stderr
+
+
+def test_train_single_run_writes_records_and_summary(tmp_path: Path):
+    r = cli("train", *TINY, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "test accuracy" in r.stdout and "estimated:cpu-time" in r.stdout
+    run = read_run(tmp_path / "run")
+    assert run.test_acc is not None and 0 <= run.test_acc <= 1
+    assert run.energy_j > 0 and run.sources == {"cpu": "estimated:cpu-time"}
+    windows = read_windows(tmp_path / "run")
+    # windows are written as they close: the epoch-end validation closes before its train epoch
+    assert [w.stage for w in windows] == ["sanity_check", "validate", "train", "test"]
+    assert (tmp_path / "run" / "metrics.csv").is_file()  # the default CSV logger, in the run folder
+
+
+def test_multirun_then_report(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    r = cli("train", "-m", "model.conv_layers=1,2", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()) == ["0", "1"]
+    r = cli("report", str(sweep), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(sweep / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["model.conv_layers"]) for r in rows] == [1, 2]
+    for row in rows:
+        assert float(row["energy_j"]) > 0 and row["source"] == "cpu=estimated:cpu-time"
+        assert int(row["params"]) > 0 and int(row["flops_per_sample"]) > 0
+    assert int(rows[1]["flops_per_sample"]) > int(rows[0]["flops_per_sample"])
+    for name in ("summary.md", "main_effects.csv", "accuracy_vs_energy.png", "energy_by_factor.png"):
+        assert (sweep / name).stat().st_size > 0, name
+    assert "eta^2" in (sweep / "summary.md").read_text()
+
+
+def test_invalid_override_fails_before_training(tmp_path: Path):
+    r = cli("train", "model.conv_layers=0", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert r.returncode != 0
+    assert "model.conv_layers must be an integer >= 1, got 0" in r.stderr
+    assert not (tmp_path / "run" / "energy.jsonl").exists()
+    r = cli("train", "model=transformer", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert r.returncode != 0 and "model" in r.stderr and "cnn" in r.stderr  # lists the available options
+
+
+def test_report_on_empty_folder_is_a_clear_error(tmp_path: Path):
+    r = cli("report", str(tmp_path), cwd=tmp_path)
+    assert r.returncode == 2 and "no run.json" in r.stderr
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_two_jobs(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    r = cli(
+        "train",
+        "-m",
+        "hydra/launcher=local",
+        "model.conv_layers=1,2",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    runs = sorted(p.parent.name for p in sweep.rglob("run.json"))
+    assert runs == ["0", "1"]
+    assert list(sweep.rglob("*_submitted.pkl")) or list(sweep.rglob(".submitit"))  # went through submitit
+
+
+@pytest.mark.slow
+def test_non_editable_install_runs_with_shipped_configs(tmp_path: Path):
+    wheel_dir = tmp_path / "wheel"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheel_dir),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    # Reuse this environment's heavy dependencies (torch, ...) without its editable lightning_green:
+    # a path added by a .pth file does not run the .pth files inside it (the editable finder).
+    site = Path(sysconfig.get_paths(vars={"base": str(venv), "platbase": str(venv)})["purelib"])
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    vpy = venv / "bin" / "python"
+    wheel = next(wheel_dir.glob("lightning_green-*.whl"))
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    probe = subprocess.run(
+        [str(vpy), "-c", "import lightning_green, sys; print(lightning_green.__file__)"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+    )
+    assert str(site) in probe.stdout, probe.stdout + probe.stderr  # the installed copy, not the checkout
+    r = subprocess.run(
+        [str(vpy), "-m", "lightning_green.cli", "train", *TINY, f"hydra.run.dir={work / 'run'}"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert read_run(work / "run").energy_j > 0

@@ -1,0 +1,226 @@
+"""LayerEnergyProfiler with a real Trainer: leaves, shares, allocation, hooks, replay, torchvision."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+
+from lightning_green import EnergyMonitor, LayerEnergyProfiler
+from lightning_green.data import DigitsDataModule, SyntheticDataModule
+from lightning_green.energy.base import Channel, CounterMeter
+from lightning_green.models import LitClassifier, SimpleCNN, torchvision_model
+from lightning_green.records import iter_records
+
+
+class ConstantPowerMeter(CounterMeter):
+    """A test meter whose power is a known constant: joules = watts x wall time."""
+
+    name = "constant"
+
+    def __init__(self, watts: float = 100.0) -> None:
+        super().__init__()
+        self.watts = watts
+
+    @property
+    def channels(self):
+        return (Channel("cpu", "0", "measured:constant-test-power"),)
+
+    def read_counters(self):
+        return {"cpu:0": time.perf_counter() * self.watts}
+
+
+def _fit(profiler: LayerEnergyProfiler, model: LightningModule, tmp_path: Path, dm=None, **kw) -> Trainer:
+    trainer = Trainer(
+        max_epochs=kw.pop("max_epochs", 1),
+        callbacks=[EnergyMonitor(), profiler, *kw.pop("callbacks", [])],
+        logger=CSVLogger(tmp_path, name="", version=""),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        **kw,
+    )
+    trainer.fit(model, datamodule=dm or DigitsDataModule())
+    return trainer
+
+
+class HookSpy(Callback):
+    """Records, for each training step, whether any module carried a hook."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, bool] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        hooked = any(
+            m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in pl_module.modules()
+        )
+        self.seen[trainer.global_step] = hooked
+
+
+def test_cnn_every_leaf_once_shares_sum_and_allocation(tmp_path: Path):
+    net = SimpleCNN(conv_layers=2, linear_layers=2)
+    expected = {f"net.{i}" for i, _ in enumerate(net)}
+    meter = ConstantPowerMeter(watts=100.0)
+    prof = LayerEnergyProfiler(warmup_steps=2, profile_steps=3, every_n_steps=8, meter=meter)
+    spy = HookSpy()
+    trainer = _fit(prof, LitClassifier(net), tmp_path, callbacks=[spy])
+
+    rows = prof.rows()
+    names = [r["name"] for r in rows]
+    assert names[-1] == "unattributed" and set(names[:-1]) == expected and len(names) == len(expected) + 1
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+    step_j = prof.step_joules / prof.steps
+    assert sum(r["joules_per_step"] for r in rows) == pytest.approx(step_j)
+    # constant 100 W: a step's joules are 100 x its seconds, and each layer gets 100 x its time
+    assert step_j == pytest.approx(100.0 * prof.step_seconds / prof.steps, rel=0.05)
+    for r in rows[:-1]:
+        assert r["joules_per_step"] == pytest.approx(100.0 * r["seconds"], rel=0.05)
+        assert r["seconds"] > 0 and r["calls"] == 1
+        assert r["source"] == "allocated:measured:constant-test-power"
+    conv = [r for r in rows if r["layer_type"] == "Conv"]
+    assert all(r["flops"] > 0 and r["backward_s"] > 0 for r in conv)  # first conv: weight-grad time counted
+
+    # 20 steps per epoch: windows at steps 2-4, 10-12, 18-19
+    assert prof.steps == 8
+    assert {s for s, hooked in spy.seen.items() if hooked} == {2, 3, 4, 10, 11, 12, 18, 19}
+    assert not any(
+        m._forward_hooks or m._backward_hooks or m._forward_pre_hooks
+        for m in trainer.lightning_module.modules()
+    )
+    assert not prof.attached
+
+    types = {t["layer_type"]: t for t in prof.type_table()}
+    assert set(types) == {"Conv", "BatchNorm", "ReLU", "Pooling", "Other", "Linear", "unattributed"}
+    assert types["Conv"]["layers"] == 2 and types["ReLU"]["layers"] == 3
+    assert sum(t["share"] for t in types.values()) == pytest.approx(1.0)
+
+    out = Path(trainer.logger.log_dir)
+    with open(out / "layers.csv") as f:
+        assert [r["name"] for r in csv.DictReader(f)] == names
+    assert (out / "layer_types.csv").is_file() and (out / "layer_energy.png").stat().st_size > 0
+    with open(out / "metrics.csv") as f:
+        logged = [r for r in csv.DictReader(f) if r.get("layer_energy/Conv_j")]
+    assert logged and float(logged[-1]["layer_energy/Conv_j"]) == pytest.approx(
+        types["Conv"]["joules_per_step"]
+    )
+    assert trainer.callback_metrics["layer_energy/unattributed_j"].item() == pytest.approx(
+        types["unattributed"]["joules_per_step"]
+    )
+    recs = list(iter_records(out / "energy.jsonl", "layer"))
+    assert {r.name for r in recs} == set(names)
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.act(self.conv(x))
+
+
+class Nested(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = Block()
+        self.flat = nn.Flatten()
+        self.shared = nn.Linear(256, 256)  # called twice per step
+        self.head = nn.Linear(256, 10)
+
+    def forward(self, x):
+        return self.head(self.shared(self.shared(self.flat(self.block(x)))))
+
+
+def test_nested_inplace_and_shared_module(tmp_path: Path):
+    model = LitClassifier(Nested())
+    prof = LayerEnergyProfiler(warmup_steps=1, profile_steps=2, every_n_steps=None)
+    _fit(prof, model, tmp_path)
+    rows = {r["name"]: r for r in prof.rows()}
+    assert set(rows) == {
+        "net.block.conv",
+        "net.block.act",
+        "net.flat",
+        "net.shared",
+        "net.head",
+        "unattributed",
+    }
+    assert rows["net.shared"]["calls"] == 2 and rows["net.head"]["calls"] == 1
+    assert rows["net.shared"]["flops"] == 2 * 2 * 256 * 256 * 64  # two calls, batch of 64
+    assert model.net.block.act.inplace is True  # restored after profiling
+
+
+def test_resnet18_profiles_and_lists_its_convs(tmp_path: Path):
+    net = torchvision_model("resnet18", in_channels=1, num_classes=10, image_size=8)
+    dm = SyntheticDataModule(samples=64, batch_size=8)
+    prof = LayerEnergyProfiler(warmup_steps=1, profile_steps=1, every_n_steps=None)
+    _fit(prof, LitClassifier(net), tmp_path, dm=dm, limit_train_batches=3, limit_val_batches=1)
+    rows = prof.rows()
+    convs = [r for r in rows if r["layer_type"] == "Conv"]
+    assert len(convs) == 20  # 17 3x3 convs + 3 downsample 1x1
+    assert any(r["name"].endswith("layer4.1.conv2") for r in convs)
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
+    types = {t["layer_type"] for t in prof.type_table()}
+    assert {"Conv", "BatchNorm", "ReLU", "Pooling", "Linear"} <= types
+
+
+def test_replay_agrees_with_allocate_in_order_of_magnitude(tmp_path: Path):
+    results = {}
+    for mode in ("allocate", "replay"):
+        torch.manual_seed(0)
+        net = SimpleCNN(conv_layers=3, linear_layers=2, base_channels=2)
+        prof = LayerEnergyProfiler(
+            warmup_steps=2, profile_steps=4, every_n_steps=None, mode=mode, replay_window_s=0.3
+        )
+        _fit(prof, LitClassifier(net), tmp_path / mode)
+        results[mode] = {r["name"]: r for r in prof.rows()}
+        assert all(
+            r["source"].startswith("replayed:" if mode == "replay" else "allocated:")
+            for n, r in results[mode].items()
+            if n != "unattributed"
+        )
+    for name, a in results["allocate"].items():
+        if (
+            name == "unattributed"
+            or not name.startswith("net.")
+            or results["allocate"][name]["layer_type"] != "Conv"
+        ):
+            continue
+        r = results["replay"][name]["joules_per_step"]
+        assert 0.1 < r / a["joules_per_step"] < 10, (name, r, a["joules_per_step"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"warmup_steps": -1}, "warmup_steps"), ({"profile_steps": 0}, "profile_steps"),
+     ({"every_n_steps": 2, "profile_steps": 3}, "every_n_steps"), ({"mode": "sample"}, "mode"),
+     ({"replay_window_s": 0}, "replay_window_s"), ({"backend": "x"}, "backend")],
+)  # fmt: skip
+def test_bad_arguments_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        LayerEnergyProfiler(**kwargs)
+
+
+class NoLayers(LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(64, 10))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(x.flatten(1) @ self.w, y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_model_without_leaf_modules_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(ValueError, match="no leaf modules"):
+        _fit(LayerEnergyProfiler(), NoLayers(), tmp_path, limit_val_batches=0)
