@@ -17,7 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
@@ -29,7 +29,9 @@ from lightning_green.records import RECORDS_FILE, LayerRecord, RecordWriter
 
 MODES = ("allocate", "replay")
 UNATTRIBUTED = "unattributed"
-_STEP_WINDOW = "layer_profiler/step"
+_WINDOW = "layer_profiler/window"
+#: Shorter profiling windows than this get a warning when read from a hardware counter.
+MIN_WINDOW_S = 1.0
 _REPLAY_WINDOW = "layer_profiler/replay"
 
 
@@ -89,11 +91,13 @@ class LayerEnergyProfiler(Callback):
 
     Joules come one of two ways, named in every row's ``source``:
 
-    - ``mode="allocate"`` (default): the meter measures each profiled step as a whole (forward,
-      backward, optimizer), and the step's energy is split across layers in proportion to their
-      synchronised time; what no layer explains (optimizer, data movement, framework) is the
-      ``unattributed`` row. Layers plus unattributed equal the measured step energy.
-      Source: ``allocated:<meter source>``.
+    - ``mode="allocate"`` (default): the meter measures each profiling window as a whole (its
+      consecutive steps: forward, backward, optimizer, and the data loading between them), and the
+      window's energy is split across layers in proportion to their synchronised time; what no
+      layer explains (optimizer, data movement, framework) is the ``unattributed`` row. Layers plus
+      unattributed equal the measured energy per profiled step (window energy / steps). Hardware
+      counters update every 10-100 ms: windows under a second get a warning (raise
+      ``profile_steps``). Source: ``allocated:<meter source>``.
     - ``mode="replay"``: at the end of training each leaf's forward and backward is replayed on a
       copy of the layer, on its captured input, in a loop of about ``replay_window_s`` seconds so
       that the energy counter resolves it; joules per iteration are measured directly. Source:
@@ -182,8 +186,12 @@ class LayerEnergyProfiler(Callback):
         self._source = ""
         self.steps = 0
         self.samples = 0
-        self.step_joules = 0.0
-        self.step_seconds = 0.0
+        self.step_seconds = 0.0  # the profiled steps themselves
+        self.window_joules = 0.0  # measured over whole profiling windows (steps + the gaps between)
+        self.window_seconds = 0.0
+        self._window_layer_s: dict[str, float] = {}
+        self._window_steps = 0
+        self._warned_short = False
         self._writer_rank = False
 
     # ------------------------------------------------------------------ set-up
@@ -333,8 +341,10 @@ class LayerEnergyProfiler(Callback):
         meter = self._ensure_meter(trainer)
         if not self.attached:
             self._attach()
+            self._window_layer_s = dict.fromkeys(self._layers, 0.0)
+            self._window_steps = 0
+            meter.begin_window(_WINDOW)  # synchronises the device
         self._batch_size = _batch_size(batch)
-        meter.begin_window(_STEP_WINDOW)  # synchronises the device
         self._in_step = True
         self._step_start = self._clock.mark()
 
@@ -342,38 +352,49 @@ class LayerEnergyProfiler(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._meter is None or not self._meter.is_open(_STEP_WINDOW):
+        if not self._in_step:
             return
         step_end = self._clock.mark()
         self._in_step = False
-        reading = self._meter.end_window(_STEP_WINDOW)  # synchronises: every event has completed
-        self._source = "+".join(sorted(set(reading.sources.values()))) or "none"
-        step_s = self._clock.seconds(self._step_start, step_end)
-        layer_s = {}
+        self._clock.sync()  # every event of the step has completed
+        self.step_seconds += self._clock.seconds(self._step_start, step_end)
         for s in self._layers.values():
             f = sum(self._clock.seconds(a, b) for a, b in s.fwd)
             b = sum(self._clock.seconds(a, e) for a, e in s.bwd if a is not None and e is not None)
             s.forward_s += f
             s.backward_s += b
-            layer_s[s.name] = f + b
+            self._window_layer_s[s.name] += f + b
             s.fwd.clear(), s.bwd.clear(), s.fwd_open.clear(), s.bwd_open.clear()
-        total_layer_s = sum(layer_s.values())
-        # Allocation: a layer's share of the step's energy is its share of the step's time. If hook
-        # overlap makes layers sum past the step (rare, async GPU work), scale to the layers' sum.
-        denom = max(step_s, total_layer_s)
-        for name, t in layer_s.items():
-            self._layers[name].joules += reading.joules * t / denom if denom > 0 else 0.0
         self.steps += 1
+        self._window_steps += 1
         self.samples += self._batch_size
-        self.step_joules += reading.joules
-        self.step_seconds += step_s
         if not self.is_profiled_step(trainer.global_step):  # the window is over (global_step advanced)
             self._end_window(trainer)
 
     def _end_window(self, trainer: pl.Trainer) -> None:
-        if self.attached:
-            self._detach()
-            self._publish(trainer)
+        """Close the profiling window: measure it, split its energy across layers, detach hooks."""
+        if not self.attached:
+            return
+        self._detach()
+        assert self._meter is not None
+        reading = self._meter.end_window(_WINDOW)
+        self._source = "+".join(sorted(set(reading.sources.values()))) or "none"
+        # Allocation: a layer's share of the window's energy is its share of the window's time. If
+        # layer times add up past the window (overlapping async GPU work), scale to their sum.
+        layer_total = sum(self._window_layer_s.values())
+        denom = max(reading.seconds, layer_total)
+        for name, t in self._window_layer_s.items():
+            self._layers[name].joules += reading.joules * t / denom if denom > 0 else 0.0
+        self.window_joules += reading.joules
+        self.window_seconds += reading.seconds
+        if reading.seconds < MIN_WINDOW_S and self._source.startswith("measured") and not self._warned_short:
+            self._warned_short = True
+            rank_zero_warn(
+                f"LayerEnergyProfiler: the profiling window lasted {reading.seconds:.3f} s, shorter than "
+                f"{MIN_WINDOW_S} s; hardware energy counters update every 10-100 ms, so its joules are coarse. "
+                "Raise profile_steps, or use mode='replay'."
+            )
+        self._publish(trainer)
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -430,7 +451,7 @@ class LayerEnergyProfiler(Callback):
     def rows(self) -> list[dict[str, Any]]:
         """Per-layer rows (per profiled step), the unattributed row last."""
         n = max(self.steps, 1)
-        step_j = self.step_joules / n
+        step_j = self.window_joules / n
         per_sample = n / max(self.samples, 1)
         replay = self.mode == "replay" and any(s.replay_j_per_call is not None for s in self._layers.values())
         rows = []
@@ -467,7 +488,7 @@ class LayerEnergyProfiler(Callback):
                 "calls": 0.0,
                 "forward_s": 0.0,
                 "backward_s": 0.0,
-                "seconds": max(0.0, self.step_seconds / n - sum(r["seconds"] for r in rows)),
+                "seconds": max(0.0, self.window_seconds / n - sum(r["seconds"] for r in rows)),
                 "joules_per_step": step_j - layers_j,
                 "joules_per_sample": (step_j - layers_j) * per_sample,
                 "source": f"measured-step-minus-layers:{self._source}",
