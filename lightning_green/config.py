@@ -143,6 +143,7 @@ class BaseConfig:
     logger: Any = None
     profiler: Any = MISSING
     tune: Any = None
+    compare: Any = None
     seed: int = 0
     output_dir: str = MISSING
     test: bool = True

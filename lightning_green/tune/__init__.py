@@ -1,0 +1,1 @@
+"""Ray Tune studies with energy beside accuracy: grid, random, Bayesian, multi-objective."""

@@ -1,0 +1,73 @@
+"""``lightning-green tune`` and ``lightning-green compare`` (Hydra entry points)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from lightning_green.config import CONF_DIR
+
+
+def _print_study(out: Path) -> None:
+    from rich.console import Console
+
+    from lightning_green.tune.compare import study_metrics
+    from lightning_green.tune.study import read_study
+
+    meta, trials = read_study(out)
+    m = study_metrics(trials)
+    Console().print(
+        f"[bold]{meta['strategy']['name']}[/] study: {m['trials']} trials ({m['failed']} failed), best accuracy "
+        f"{m['best_accuracy']:.4f}, tuning energy {m['total_energy_j']:.1f} J "
+        f"({', '.join(sorted(set(map(str, trials['source']))))}); results in {out}"
+    )
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="tune", version_base="1.3")
+def tune_main(cfg: DictConfig) -> None:
+    from lightning_green.tune.study import prepare, run_study
+
+    prepare(cfg)  # bad input fails here, before Ray starts
+    out = run_study(cfg, Path(cfg.output_dir))
+    _print_study(out)
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="compare", version_base="1.3")
+def compare_main(cfg: DictConfig) -> None:
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    from lightning_green.config import ConfigError
+    from lightning_green.tune.compare import write_compare
+    from lightning_green.tune.strategies import STRATEGIES
+    from lightning_green.tune.study import init_ray, prepare, read_study, run_study
+
+    c = cfg.compare
+    unknown = [s for s in c.strategies if s not in STRATEGIES]
+    if unknown or not c.strategies:
+        raise ConfigError(
+            f"compare.strategies must be a non-empty list of {', '.join(STRATEGIES)}; got {list(c.strategies)}"
+        )
+    if not 0 < c.target_fraction <= 1:
+        raise ConfigError(f"compare.target_fraction must be in (0, 1]; got {c.target_fraction}")
+    overrides = [
+        o for o in HydraConfig.get().overrides.task if not o.startswith(("tune/strategy=", "compare."))
+    ]
+    cfgs = {}
+    for s in c.strategies:
+        sub = compose(config_name="tune", overrides=[*overrides, f"tune/strategy={s}"])
+        sub.output_dir = cfg.output_dir
+        prepare(sub)  # every strategy's input is checked before any trial starts
+        cfgs[s] = sub
+    cluster = init_ray(cfg.tune)
+    out = Path(cfg.output_dir)
+    studies = {}
+    for s, sub in cfgs.items():
+        studies[s] = []
+        for seed in c.seeds:
+            path = run_study(sub, out / s / f"seed{seed}", seed=int(seed), cluster=cluster)
+            studies[s].append(read_study(path)[1])
+    for p in write_compare(studies, out, c.target_fraction, c.reference_energy_j):
+        print(p)

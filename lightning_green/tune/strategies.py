@@ -1,0 +1,78 @@
+"""Search algorithms for each strategy: grid, random, bayes (accuracy only), multi (accuracy and energy)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
+
+from lightning_green.config import ConfigError
+from lightning_green.tune.space import Param, grid_points, nested
+
+STRATEGIES = ("grid", "random", "bayes", "multi")
+SAMPLERS = {"bayes": ("gp", "tpe"), "multi": ("tpe", "gp", "nsga2")}
+#: What a trial reports; a metric outside this set is an error before any trial starts.
+REPORTED_METRICS = ("val_acc", "val_loss", "energy_j", "train_epoch_j", "test_acc", "total_j")
+
+
+def check_strategy(strategy: DictConfig, tune_cfg: DictConfig) -> None:
+    name = strategy.get("name")
+    if name not in STRATEGIES:
+        raise ConfigError(f"tune.strategy.name must be one of {', '.join(STRATEGIES)}; got {name!r}")
+    if name in SAMPLERS and strategy.get("sampler") not in SAMPLERS[name]:
+        raise ConfigError(
+            f"tune.strategy.sampler must be one of {', '.join(SAMPLERS[name])} for {name}; got {strategy.get('sampler')!r}"
+        )
+    if name == "grid" and not (isinstance(strategy.get("levels"), int) and strategy.levels >= 2):
+        raise ConfigError(f"tune.strategy.levels must be an integer >= 2; got {strategy.get('levels')!r}")
+    for key in ("accuracy_metric", "energy_metric"):
+        if tune_cfg[key] not in REPORTED_METRICS:
+            raise ConfigError(
+                f"tune.{key} must be a metric the trials report ({', '.join(REPORTED_METRICS)}); got {tune_cfg[key]!r}"
+            )
+    for key, lo in (("num_samples", 1), ("max_concurrent", 1), ("max_failures", 0)):
+        v = tune_cfg[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ConfigError(f"tune.{key} must be an integer >= {lo}; got {v!r}")
+    if tune_cfg.scheduler not in ("fifo", "asha"):
+        raise ConfigError(f"tune.scheduler must be one of fifo, asha; got {tune_cfg.scheduler!r}")
+    b = tune_cfg.energy_budget_j
+    if b is not None and not (isinstance(b, (int, float)) and b > 0):
+        raise ConfigError(f"tune.energy_budget_j must be a positive number of joules or null; got {b!r}")
+
+
+def search_setup(
+    strategy: DictConfig, params: list[Param], tune_cfg: DictConfig, seed: int
+) -> tuple[Any, dict, dict]:
+    """Returns (search_alg, param_space, tune_config kwargs: metric/mode)."""
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    space = nested({p.key: p.ray() for p in params})
+    acc, energy = tune_cfg.accuracy_metric, tune_cfg.energy_metric
+    n = tune_cfg.num_samples
+    if strategy.name == "grid":
+        points = [nested(p) for p in grid_points(params, strategy.levels, n, seed)]
+        alg = BasicVariantGenerator(
+            points_to_evaluate=points, max_concurrent=tune_cfg.max_concurrent, random_state=seed
+        )
+        return alg, space, {"metric": acc, "mode": "max", "num_samples": len(points)}
+    if strategy.name == "random":
+        alg = BasicVariantGenerator(max_concurrent=tune_cfg.max_concurrent, random_state=seed)
+        return alg, space, {"metric": acc, "mode": "max", "num_samples": n}
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    startup = int(strategy.get("n_startup_trials", 5))
+    if strategy.sampler == "gp":
+        sampler = optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+    elif strategy.sampler == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+    else:
+        sampler = optuna.samplers.NSGAIISampler(seed=seed)
+    if strategy.name == "bayes":
+        search = OptunaSearch(metric=acc, mode="max", sampler=sampler)
+        kw = {"metric": acc, "mode": "max"}
+    else:
+        search = OptunaSearch(metric=[acc, energy], mode=["max", "min"], sampler=sampler)
+        kw = {}  # Tune itself takes no list of metrics; the searcher holds them
+    return ConcurrencyLimiter(search, max_concurrent=tune_cfg.max_concurrent), space, {**kw, "num_samples": n}

@@ -1,0 +1,265 @@
+"""Running a Ray Tune study, saving its results table, and reporting on it.
+
+A study folder holds ``study.json`` (what was searched, how, on which Ray), ``trials.csv`` (one
+row per trial: parameters, accuracy, energy, status, in creation order) and ``ray/`` (Ray's own
+experiment folder, one sub-folder per trial with that trial's energy records).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_green.config import to_container
+from lightning_green.records import write_json_atomic
+from lightning_green.tune.space import parse_space
+from lightning_green.tune.strategies import check_strategy, search_setup
+
+STUDY_FILE = "study.json"
+TRIALS_FILE = "trials.csv"
+PARETO_FILE = "pareto.csv"
+
+
+def init_ray(tune_cfg: DictConfig) -> dict[str, Any]:
+    """Start or join Ray; returns a description of the cluster (nodes, CPUs, GPUs)."""
+    import ray
+
+    if not ray.is_initialized():
+        if tune_cfg.ray_address:
+            ray.init(address=tune_cfg.ray_address, log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(
+                num_cpus=tune_cfg.num_cpus or os.cpu_count(),
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    res = ray.cluster_resources()
+    return {
+        "address": tune_cfg.ray_address or "local",
+        "nodes": len(nodes),
+        "node_ids": [n["NodeID"] for n in nodes],
+        "cpus": res.get("CPU", 0),
+        "gpus": res.get("GPU", 0),
+    }
+
+
+class EnergyBudgetStopper:
+    """Stops the whole study once its trials together have used ``budget_j`` joules."""
+
+    def __init__(self, budget_j: float, metric: str) -> None:
+        from ray import tune
+
+        self.budget_j, self.metric = budget_j, metric
+        self.used: dict[str, float] = {}
+
+        class _Stopper(tune.Stopper):
+            def __call__(inner, trial_id: str, result: dict) -> bool:
+                if self.metric in result and result[self.metric] is not None:
+                    self.used[trial_id] = float(result[self.metric])
+                return False
+
+            def stop_all(inner) -> bool:
+                return sum(self.used.values()) >= self.budget_j
+
+        self.stopper = _Stopper()
+
+
+def prepare(cfg: DictConfig) -> tuple[list, dict[str, Any]]:
+    """Validate everything a study needs before Ray starts; returns (params, resolved base config)."""
+    check_strategy(cfg.tune.strategy, cfg.tune)
+    from lightning_green.config import check_trainer
+
+    check_trainer(cfg)
+    base = to_container(cfg)
+    params = parse_space(cfg.tune.space.params, OmegaConf.create(base))
+    return params, base
+
+
+def run_study(
+    cfg: DictConfig, out: Path, seed: int | None = None, cluster: dict[str, Any] | None = None
+) -> Path:
+    """Run one study into ``out`` (or resume it there); returns ``out``."""
+    from ray import tune
+
+    from lightning_green.tune.trainable import train_trial
+
+    params, base = prepare(cfg)
+    t = cfg.tune
+    seed = t.seed if seed is None else seed
+    base["seed"] = seed
+    cluster = cluster or init_ray(t)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = (out / "ray").resolve()
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, base=base, cpus_per_trial=t.cpus_per_trial),
+        {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial},
+    )
+    experiment = storage / t.name
+    meta = {
+        "kind": "study",
+        "strategy": to_container(t.strategy),
+        "space": [p.__dict__ for p in params],
+        "num_samples": t.num_samples,
+        "max_concurrent": t.max_concurrent,
+        "seed": seed,
+        "accuracy_metric": t.accuracy_metric,
+        "energy_metric": t.energy_metric,
+        "scheduler": t.scheduler,
+        "energy_budget_j": t.energy_budget_j,
+        "cluster": cluster,
+        "max_epochs": cfg.trainer.max_epochs,
+        "started": time.time(),
+        "finished": None,
+    }
+    if t.resume and tune.Tuner.can_restore(str(experiment)):
+        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+        meta["resumed"] = True
+    else:
+        alg, space, kw = search_setup(t.strategy, params, t, seed)
+        scheduler = None
+        if t.scheduler == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            scheduler = ASHAScheduler(
+                time_attr="training_iteration", max_t=cfg.trainer.max_epochs + 1, grace_period=1
+            )
+            if "metric" not in kw:  # multi-objective: ASHA ranks trials by accuracy
+                scheduler = ASHAScheduler(time_attr="training_iteration", metric=t.accuracy_metric, mode="max",
+                                          max_t=cfg.trainer.max_epochs + 1, grace_period=1)  # fmt: skip
+        stop = EnergyBudgetStopper(t.energy_budget_j, t.energy_metric).stopper if t.energy_budget_j else None
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(search_alg=alg, scheduler=scheduler, reuse_actors=True, **kw),
+            run_config=tune.RunConfig(
+                name=t.name,
+                storage_path=str(storage),
+                failure_config=tune.FailureConfig(max_failures=t.max_failures),
+                stop=stop,
+                verbose=0,
+            ),
+        )
+    write_json_atomic(out / STUDY_FILE, meta)
+    grid = tuner.fit()
+    df = trials_table(grid, t.accuracy_metric, t.energy_metric)
+    df.to_csv(out / TRIALS_FILE, index=False)
+    if not df.empty:
+        pareto_table(df).to_csv(out / PARETO_FILE, index=False)
+    meta["finished"] = time.time()
+    meta["trials"] = len(df)
+    meta["failed"] = int((df["status"] == "ERROR").sum())
+    write_json_atomic(out / STUDY_FILE, meta)
+    return out
+
+
+def trials_table(grid: Any, acc: str, energy: str) -> pd.DataFrame:
+    """One row per trial, in creation order: parameters, final metrics, status, its folder."""
+    rows = []
+    for r in grid:
+        m = r.metrics or {}
+        trial_id = m.get("trial_id") or Path(r.path).name
+        row: dict[str, Any] = {"trial_id": trial_id}
+        from lightning_green.tune.space import flatten
+
+        row.update({f"param.{k}": v for k, v in flatten(r.config or {}).items()})
+        row.update(
+            accuracy=m.get(acc),
+            energy_j=m.get(energy),
+            test_acc=m.get("test_acc"),
+            total_j=m.get("total_j", m.get(energy)),
+            epochs=m.get("epochs", m.get("training_iteration")),
+            iterations=m.get("training_iteration"),
+            finished=bool(m.get("final", False)),
+            status="ERROR" if r.error else "TERMINATED",
+            error=repr(r.error)[:300] if r.error else "",
+            source=m.get("source", ""),
+            node_id=m.get("node_id", ""),
+            path=r.path,
+        )
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    # Ray names a trial's folder <trainable>_<trial id>_<creation counter>_<params>: the counter is
+    # the order in which the searcher proposed the trials.
+    df["order"] = [_creation_index(tid, path) for tid, path in zip(df["trial_id"], df["path"], strict=True)]
+    return df.sort_values("order").reset_index(drop=True)
+
+
+def _creation_index(trial_id: str, path: str) -> float:
+    m = re.search(rf"_{re.escape(str(trial_id))}_(\d+)", Path(str(path)).name)
+    return int(m.group(1)) if m else math.inf
+
+
+def pareto_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """The non-dominated trials (accuracy up, energy down): the study's trade-off curve."""
+    from lightning_green.report.pareto import pareto_mask
+
+    done = trials[trials["accuracy"].notna() & trials["energy_j"].notna()]
+    if done.empty:
+        return done
+    mask = pareto_mask(done["accuracy"].astype(float), done["energy_j"].astype(float))
+    return done[mask].sort_values("energy_j")
+
+
+def read_study(path: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
+    path = Path(path)
+    meta = json.loads((path / STUDY_FILE).read_text())
+    trials = pd.read_csv(path / TRIALS_FILE) if (path / TRIALS_FILE).is_file() else pd.DataFrame()
+    return meta, trials
+
+
+def report_study(path: str | Path, out: str | Path | None = None) -> list[Path]:
+    """summary.csv / summary.md and plots (accuracy vs energy with the Pareto front; anytime curves)."""
+    from lightning_green.tune.compare import anytime_plot, study_metrics
+
+    path = Path(path)
+    out = Path(out) if out else path
+    out.mkdir(parents=True, exist_ok=True)
+    meta, trials = read_study(path)
+    if trials.empty:
+        raise FileNotFoundError(
+            f"{path}: the study has no {TRIALS_FILE} yet (still running, or interrupted: resume it)"
+        )
+    metrics = study_metrics(trials)
+    paths = [out / "summary.csv", out / "summary.md", out / PARETO_FILE]
+    trials.to_csv(paths[0], index=False)
+    pareto = pareto_table(trials)
+    pareto.to_csv(paths[2], index=False)
+    from lightning_green.report.runs import _md
+
+    cols = [c for c in trials.columns if c.startswith("param.")] + [
+        "accuracy",
+        "test_acc",
+        "energy_j",
+        "total_j",
+        "epochs",
+        "status",
+        "source",
+    ]
+    lines = [
+        f"# Study: {meta['strategy']['name']} ({len(trials)} trials, seed {meta['seed']})",
+        "",
+        f"best accuracy {metrics['best_accuracy']:.4f}; tuning energy {metrics['total_energy_j']:.1f} J "
+        f"({'measured' if 'measured' in ' '.join(map(str, trials['source'])) else 'estimated'}: {', '.join(sorted(set(map(str, trials['source']))))}); "
+        f"{metrics['failed']} failed",
+        "",
+        _md(trials[cols]),
+        "",
+        "## Pareto set (no other trial is both more accurate and cheaper)",
+        "",
+        _md(pareto[cols]) if not pareto.empty else "(none)",
+    ]
+    paths[1].write_text("\n".join(lines) + "\n")
+    paths += anytime_plot({meta["strategy"]["name"]: [trials]}, out)
+    return paths

@@ -1,0 +1,48 @@
+"""The Ray Tune trainable: one trial trains one configuration of the tree with EnergyMonitor on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from lightning_green.tune.space import flatten
+
+#: Reported every epoch (Ray's Lightning callback reads them from trainer.callback_metrics).
+EPOCH_METRICS = {
+    "val_acc": "val_acc",
+    "val_loss": "val_loss",
+    "energy_j": "energy/total_j",
+    "train_epoch_j": "energy/train_epoch_j",
+}
+
+
+def train_trial(config: dict[str, Any], base: dict[str, Any], cpus_per_trial: int = 1) -> None:
+    """Apply the trial's parameters to the base config, train, and report every epoch and at the end."""
+    import ray
+    import torch
+    from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
+
+    from lightning_green.train import run_training
+
+    torch.set_num_threads(max(1, int(cpus_per_trial)))
+    cfg = OmegaConf.create(base)
+    for key, value in flatten(config).items():
+        OmegaConf.update(cfg, key, value, force_add=False)
+    cfg.output_dir = ray.tune.get_context().get_trial_dir()
+    cfg.logger = None  # Ray records the results; the energy records go to the trial folder
+    report = TuneReportCheckpointCallback(metrics=EPOCH_METRICS, save_checkpoints=False, on="train_epoch_end")
+    record = run_training(cfg, extra_callbacks=[report])
+    ray.tune.report(
+        {
+            "val_acc": record.val_acc,
+            "energy_j": record.energy_j,
+            "test_acc": record.test_acc,
+            "total_j": record.total_j,
+            "epochs": record.epochs,
+            "source": ", ".join(f"{d}={s}" for d, s in sorted(record.sources.items())),
+            "complete": record.complete,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "final": True,
+        }
+    )
