@@ -140,11 +140,16 @@ def run_study(
         tuner = tune.Tuner(
             trainable,
             param_space=space,
-            tune_config=tune.TuneConfig(search_alg=alg, scheduler=scheduler, reuse_actors=True, **kw),
+            tune_config=tune.TuneConfig(
+                search_alg=alg, scheduler=scheduler, reuse_actors=t.reuse_actors, **kw
+            ),
             run_config=tune.RunConfig(
                 name=t.name,
                 storage_path=str(storage),
                 failure_config=tune.FailureConfig(max_failures=t.max_failures),
+                # Each trial writes its energy records into its working folder; Ray copies them to
+                # the trial's folder under storage_path on every report and when the trial ends.
+                sync_config=tune.SyncConfig(sync_artifacts=True),
                 stop=stop,
                 verbose=0,
             ),

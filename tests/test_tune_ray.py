@@ -1,0 +1,144 @@
+"""Studies on real Ray, every one in a private network namespace so its traffic stays on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import REPO, run_in_loopback_netns
+
+from lightning_green.records import read_run, read_windows
+from lightning_green.report.pareto import pareto_mask
+
+pytestmark = pytest.mark.slow
+BIN = Path(os.sys.executable).parent
+TINY = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+]
+
+
+def bash(script: str, tmp_path: Path, timeout: float = 400, env: dict | None = None):
+    path = tmp_path / "run.sh"
+    path.write_text("set -euo pipefail\nexport PATH=" + str(BIN) + ":$PATH\n" + textwrap.dedent(script))
+    r = run_in_loopback_netns(["bash", str(path)], timeout=timeout, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + "\n--- stderr ---\n" + r.stderr[-5000:]
+    return r
+
+
+def test_compare_runs_every_strategy_and_writes_table_and_plots(tmp_path: Path):
+    out = tmp_path / "cmp"
+    bash(f"lightning-green compare tune.num_samples=3 'compare.seeds=[0]' {' '.join(TINY)} hydra.run.dir={out}\n"
+         f"lightning-green report {out}/multi/seed0\n", tmp_path)  # fmt: skip
+    table = pd.read_csv(out / "compare.csv").set_index("strategy")
+    assert list(table.index) == ["grid", "random", "bayes", "multi"]
+    for s in table.index:
+        trials = pd.read_csv(out / s / "seed0" / "trials.csv")
+        assert len(trials) == 3 and (trials["status"] == "TERMINATED").all()
+        assert trials["accuracy"].between(0, 1).all() and (trials["energy_j"] > 0).all()
+        assert (trials["source"] == "cpu=estimated:cpu-time").all()
+        for path in trials["path"]:  # each trial's own energy records, written by EnergyMonitor
+            windows = read_windows(path)
+            assert sum(w.energy_j for w in windows if w.stage != "test") == pytest.approx(
+                trials.set_index("path").loc[path, "energy_j"], rel=1e-6
+            )
+        order = sorted(
+            trials["order"]
+        )  # Ray's creation counter: 0-based for grid/random, 1-based for searchers
+        assert order == list(range(order[0], order[0] + 3))
+    grid = pd.read_csv(out / "grid" / "seed0" / "trials.csv")
+    assert (
+        len(
+            {
+                (a, b, c)
+                for a, b, c in grid[
+                    ["param.optimizer.lr", "param.optimizer.beta1", "param.optimizer.beta2"]
+                ].itertuples(index=False)
+            }
+        )
+        == 3
+    )
+    # the multi-objective study returns its non-dominated set
+    multi = pd.read_csv(out / "multi" / "seed0" / "trials.csv")
+    front = pd.read_csv(out / "multi" / "seed0" / "pareto.csv")
+    expected = multi[pareto_mask(multi["accuracy"], multi["energy_j"])]
+    assert sorted(front["trial_id"]) == sorted(expected["trial_id"]) and len(front) >= 1
+    for _, f in front.iterrows():
+        assert not ((multi["accuracy"] >= f["accuracy"]) & (multi["energy_j"] <= f["energy_j"])
+                    & ((multi["accuracy"] > f["accuracy"]) | (multi["energy_j"] < f["energy_j"]))).any()  # fmt: skip
+    for name in ("compare.md", "anytime.png", "accuracy_vs_energy.png"):
+        assert (out / name).stat().st_size > 0
+    assert "energy_to_target_j" in (out / "compare.md").read_text()
+    assert (out / "multi" / "seed0" / "summary.md").read_text().count("Pareto set") == 1
+
+
+def test_two_node_loopback_cluster(tmp_path: Path):
+    out = tmp_path / "study"
+    port = 26379 + os.getpid() % 1000
+    bash(f"""
+        trap 'ray stop --force >/dev/null 2>&1 || true' EXIT
+        ray start --head --port={port} --num-cpus=1 --include-dashboard=false --disable-usage-stats >/dev/null
+        ray start --address=127.0.0.1:{port} --num-cpus=1 --disable-usage-stats >/dev/null
+        python -c "import ray, time; ray.init(address='127.0.0.1:{port}'); [time.sleep(0.2) for _ in range(100) if ray.cluster_resources().get('CPU', 0) < 2]"
+        lightning-green tune tune.ray_address=127.0.0.1:{port} tune.num_samples=4 tune.max_concurrent=2 tune.reuse_actors=false trainer.max_epochs=1 hydra.run.dir={out}
+    """, tmp_path)  # fmt: skip
+    meta = json.loads((out / "study.json").read_text())
+    assert meta["cluster"]["nodes"] == 2 and meta["cluster"]["address"] == f"127.0.0.1:{port}"
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 4 and (trials["status"] == "TERMINATED").all()
+    assert trials["node_id"].nunique() == 2  # one CPU per node and two at once: both nodes trained
+    assert set(trials["node_id"]) <= set(meta["cluster"]["node_ids"])
+
+
+def test_crashed_trials_are_retried_then_reported_failed(tmp_path: Path):
+    out = tmp_path / "study"
+    env = {"PYTHONPATH": f"{REPO / 'tests' / 'helpers'}:{os.environ.get('PYTHONPATH', '')}"}
+    bash(f"""
+        lightning-green tune tune/strategy=grid tune.strategy.levels=2 tune.num_samples=4 tune.max_failures=1 \\
+          model._target_=crashy.CrashyCNN '+tune.space.params.model.hidden_units={{type: choice, values: [64, 65]}}' \\
+          '~tune.space.params.optimizer.beta1' '~tune.space.params.optimizer.beta2' {" ".join(TINY)} hydra.run.dir={out}
+    """, tmp_path, env=env)  # fmt: skip
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 4
+    ok = trials[trials["param.model.hidden_units"] == 64]
+    bad = trials[trials["param.model.hidden_units"] == 65]
+    assert len(ok) == 2 and (ok["status"] == "TERMINATED").all() and ok["accuracy"].notna().all()
+    for path in ok["path"]:
+        assert (Path(path) / "crashed_once").exists()  # it crashed once and the retry finished it
+    assert len(bad) == 2 and (bad["status"] == "ERROR").all()
+    assert bad["error"].str.contains("always crashes").all()
+    assert json.loads((out / "study.json").read_text())["failed"] == 2
+
+
+def test_interrupted_study_resumes_without_rerunning_finished_trials(tmp_path: Path):
+    out = tmp_path / "study"
+    args = f"tune.num_samples=4 tune.max_concurrent=1 trainer.max_epochs=2 hydra.run.dir={out}"
+    bash(f"""
+        lightning-green tune {args} > first.log 2>&1 &
+        pid=$!
+        for i in $(seq 1 1200); do
+          n=$( (ls {out}/ray/study/*/run.json 2>/dev/null || true) | wc -l)
+          [ "$n" -ge 2 ] && break
+          sleep 0.1
+        done
+        kill -INT $pid
+        wait $pid || true
+        ls {out}/ray/study/*/run.json | sort > finished_before.txt
+        for f in $(cat finished_before.txt); do python -c "import json,sys; print(json.load(open(sys.argv[1]))['run_id'])" $f; done > ids_before.txt
+        ray stop --force >/dev/null 2>&1 || true
+        lightning-green tune {args} tune.resume=true
+    """, tmp_path, timeout=600)  # fmt: skip
+    before = (tmp_path / "finished_before.txt").read_text().split()
+    ids_before = (tmp_path / "ids_before.txt").read_text().split()
+    assert 2 <= len(before) < 4
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 4 and (trials["status"] == "TERMINATED").all() and trials["finished"].all()
+    assert json.loads((out / "study.json").read_text()).get("resumed") is True
+    for path, run_id in zip(before, ids_before, strict=True):
+        assert read_run(Path(path).parent).run_id == run_id  # the finished trial was not trained again

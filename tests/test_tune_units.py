@@ -1,0 +1,144 @@
+"""Pure pieces of the tuner: hypervolume, Pareto sets, search spaces, grids, input checks."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+from lightning_green.config import CONF_DIR, ConfigError
+from lightning_green.report.pareto import hypervolume_2d, pareto_mask
+from lightning_green.tune.compare import compare_table, study_metrics
+from lightning_green.tune.space import Param, grid_points, parse_space
+from lightning_green.tune.study import prepare
+
+
+def test_hypervolume_single_point():
+    # (acc 0.8, 10 J) against reference (0, 20 J): 0.8 x 10
+    assert hypervolume_2d([0.8], [10.0], 0.0, 20.0) == pytest.approx(8.0)
+
+
+def test_hypervolume_staircase_by_hand():
+    # front: (0.5, 2), (0.7, 5), (0.9, 8); ref (0, 10)
+    # strips: [2,5) x 0.5 = 1.5; [5,8) x 0.7 = 2.1; [8,10) x 0.9 = 1.8 -> 5.4
+    assert hypervolume_2d([0.5, 0.7, 0.9], [2, 5, 8], 0.0, 10.0) == pytest.approx(5.4)
+
+
+def test_hypervolume_ignores_dominated_and_out_of_reference_points():
+    base = hypervolume_2d([0.5, 0.7, 0.9], [2, 5, 8], 0.0, 10.0)
+    more = hypervolume_2d([0.5, 0.7, 0.9, 0.6, 0.95, 0.99], [2, 5, 8, 6, 12, 9], 0.0, 10.0)
+    # (0.6, 6) is dominated; (0.95, 12) is beyond the reference energy; (0.99, 9) adds [9,10) x 0.09
+    assert more == pytest.approx(base + 0.09)
+    assert hypervolume_2d([0.3], [5.0], 0.4, 10.0) == 0.0
+    assert hypervolume_2d([], [], 0.0, 1.0) == 0.0
+
+
+def test_hypervolume_with_nonzero_reference_accuracy():
+    # ref (0.5, 10): (0.9, 4) -> (0.9-0.5) x 6 = 2.4
+    assert hypervolume_2d([0.9], [4.0], 0.5, 10.0) == pytest.approx(2.4)
+
+
+def test_pareto_mask():
+    acc = [0.5, 0.7, 0.6, 0.9, 0.9]
+    en = [1.0, 2.0, 3.0, 5.0, 6.0]
+    assert pareto_mask(acc, en).tolist() == [True, True, False, True, False]
+
+
+def _trials(acc, total, energy=None, status=None):
+    n = len(acc)
+    return pd.DataFrame(
+        {
+            "order": range(n),
+            "accuracy": acc,
+            "total_j": total,
+            "energy_j": energy or total,
+            "status": status or ["TERMINATED"] * n,
+        }
+    )
+
+
+def test_energy_to_target_counts_every_trial_until_the_first_hit():
+    t = _trials([0.2, 0.5, 0.91, 0.95], [10.0, 20.0, 30.0, 40.0])
+    m = study_metrics(t, target=0.9, ref_energy=50.0)
+    assert m["energy_to_target_j"] == 60.0 and m["trials_to_target"] == 3
+    assert m["best_accuracy"] == 0.95 and m["total_energy_j"] == 100.0
+    assert study_metrics(t, target=0.99)["energy_to_target_j"] is None
+
+
+def test_compare_table_shares_target_and_reference():
+    studies = {"a": [_trials([0.5, 1.0], [1.0, 1.0])], "b": [_trials([0.9, 0.96], [2.0, 2.0])]}
+    table, info = compare_table(studies, target_fraction=0.95)
+    assert info["target_accuracy"] == pytest.approx(0.95)
+    assert info["reference_point"]["energy_j"] == pytest.approx(2.2)
+    rows = table.set_index("strategy")
+    assert rows.loc["a", "energy_to_target_j"] == 2.0 and rows.loc["b", "energy_to_target_j"] == 4.0
+    # a: (0.5,1), (1.0,1) -> front (1.0, 1): 1.0 x (2.2 - 1)
+    assert rows.loc["a", "hypervolume"] == pytest.approx(1.2)
+
+
+def test_grid_levels_are_bin_midpoints_and_sampled_without_replacement():
+    beta2 = Param("optimizer.beta2", "uniform", 0.8, 1.0)
+    assert beta2.levels(5) == pytest.approx([0.82, 0.86, 0.90, 0.94, 0.98])
+    lr = Param("optimizer.lr", "loguniform", 1e-5, 0.1)
+    levels = lr.levels(5)
+    assert levels[0] == pytest.approx(1e-5 * 10**0.4) and all(1e-5 < v < 0.1 for v in levels)
+    assert Param("model.conv_layers", "int", 1, 4).levels(5) == [1, 2, 3, 4]
+    params = [beta2, lr, Param("optimizer.beta1", "uniform", 0.1, 1.0)]
+    pts = grid_points(params, 5, 64, seed=0)
+    assert len(pts) == 64 and len({tuple(p.values()) for p in pts}) == 64  # no repeats
+    assert grid_points(params, 5, 64, seed=0) == pts  # seeded
+    assert len(grid_points(params, 2, 100, seed=0)) == 8  # budget above the grid: the whole grid
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"optimizer": {"lr": {"type": "loguniform", "low": 0.1, "high": 0.01}}}, r"tune\.space\.params\.optimizer\.lr: the range \[0\.1, 0\.01\) is empty or inverted"),
+        ({"optimizer": {"lr": {"type": "uniform", "low": 0.1, "high": 0.1}}}, "empty or inverted"),
+        ({"optimizer": {"lr": {"type": "loguniform", "low": 0.0, "high": 0.1}}}, "loguniform needs low > 0"),
+        ({"optimizer": {"lr": {"type": "normal", "low": 0, "high": 1}}}, r"type must be one of uniform, loguniform, int, choice"),
+        ({"optimizer": {"lrr": {"type": "uniform", "low": 0, "high": 1}}}, "the config has no key 'optimizer.lrr'"),
+        ({"model": {"activation": {"type": "choice", "values": []}}}, "non-empty list"),
+        ({}, "is empty"),
+    ],
+)  # fmt: skip
+def test_bad_spaces_name_the_key(spec, message):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("tune")
+    with pytest.raises(ConfigError, match=message):
+        parse_space(spec, cfg)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["tune.accuracy_metric=val_f1"], r"tune\.accuracy_metric must be a metric the trials report"),
+        (["tune.strategy.name=annealing"], r"tune\.strategy\.name must be one of grid, random, bayes, multi"),
+        (
+            ["tune/strategy=bayes", "tune.strategy.sampler=cmaes"],
+            r"tune\.strategy\.sampler must be one of gp, tpe",
+        ),
+        (["tune.num_samples=0"], r"tune\.num_samples must be an integer >= 1"),
+        (["tune.scheduler=hyperband"], "tune.scheduler must be one of fifo, asha"),
+        (["trainer.max_epochs=0"], r"trainer\.max_epochs"),
+        (["tune.space.params.optimizer.beta2.low=1.5"], r"optimizer\.beta2: the range \[1\.5, 1\.0\)"),
+    ],
+)
+def test_bad_study_input_fails_before_ray(overrides, message):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("tune", overrides=overrides)
+    cfg.output_dir = "/nonexistent"
+    with pytest.raises(ConfigError, match=message):
+        prepare(cfg)
+
+
+def test_every_strategy_and_space_composes():
+    for strategy in ("grid", "random", "bayes", "multi"):
+        for space in ("paper", "extended"):
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                cfg = compose("tune", overrides=[f"tune/strategy={strategy}", f"tune/space={space}"])
+            cfg.output_dir = "/x"
+            params, base = prepare(cfg)
+            assert len(params) == (3 if space == "paper" else 7) and not math.isnan(base["seed"])
