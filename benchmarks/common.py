@@ -45,3 +45,24 @@ def save(name: str, text: str, data: dict) -> None:
     (RESULTS / f"{name}.txt").write_text(text)
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2, sort_keys=True))
     print(text)
+
+
+def timed_callback(cls: type, hooks: tuple[str, ...]) -> type:
+    """A subclass of callback ``cls`` that adds up the seconds spent inside ``hooks``: the callback's
+    own cost, free of the run-to-run noise of whole-fit timings on a shared 2-core machine."""
+
+    def wrap(name: str):
+        inner = getattr(cls, name)
+
+        def hook(self, *args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return inner(self, *args, **kwargs)
+            finally:
+                self.hook_seconds += time.perf_counter() - t0
+
+        return hook
+
+    ns = {name: wrap(name) for name in hooks}
+    ns["hook_seconds"] = 0.0
+    return type(f"Timed{cls.__name__}", (cls,), ns)

@@ -155,3 +155,25 @@ def test_non_editable_install_runs_with_shipped_configs(tmp_path: Path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert read_run(work / "run").energy_j > 0
+
+
+def test_profile_command_and_profiler_switched_on_from_config(tmp_path: Path):
+    r = cli("profile", "trainer.limit_train_batches=12", f"hydra.run.dir={tmp_path / 'p'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Energy per layer type" in r.stdout and "Conv" in r.stdout and "unattributed" in r.stdout
+    with open(tmp_path / "p" / "layer_types.csv") as f:
+        types = {row["layer_type"] for row in csv.DictReader(f)}
+    assert {"Conv", "Linear", "ReLU", "unattributed"} <= types
+
+    r = cli(
+        "train",
+        "energy=profile",
+        *TINY,
+        "trainer.limit_train_batches=10",
+        f"hydra.run.dir={tmp_path / 't'}",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "t" / "layers.csv").is_file() and (tmp_path / "t" / "layer_energy.png").is_file()
+    with open(tmp_path / "t" / "metrics.csv") as f:
+        assert any(row.get("layer_energy/Conv_j") for row in csv.DictReader(f))

@@ -142,3 +142,11 @@ def test_every_strategy_and_space_composes():
             cfg.output_dir = "/x"
             params, base = prepare(cfg)
             assert len(params) == (3 if space == "paper" else 7) and not math.isnan(base["seed"])
+
+
+def test_ranges_handed_to_optuna_exclude_their_upper_bound():
+    from ray.tune.search.optuna import OptunaSearch
+
+    p = Param("optimizer.beta2", "uniform", 0.8, 1.0)
+    (dist,) = OptunaSearch.convert_search_space({"b": p.ray()}).values()
+    assert dist.low == 0.8 and dist.high < 1.0 and dist.high == pytest.approx(1.0)

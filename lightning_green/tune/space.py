@@ -36,10 +36,14 @@ class Param:
     def ray(self) -> Any:
         from ray import tune
 
+        # Ranges are half-open, [low, high): Adam's beta2 = 1.0 is invalid. Optuna's float
+        # distributions include their upper bound (model-based samplers do propose it), so the
+        # bound handed over is the float just below ``high``.
+        high = math.nextafter(self.high, -math.inf) if self.high is not None else None
         if self.type == "uniform":
-            return tune.uniform(self.low, self.high)
+            return tune.uniform(self.low, high)
         if self.type == "loguniform":
-            return tune.loguniform(self.low, self.high)
+            return tune.loguniform(self.low, high)
         if self.type == "int":
             return tune.randint(int(self.low), int(self.high) + 1)  # randint's upper bound is exclusive
         return tune.choice(list(self.values))
