@@ -8,6 +8,9 @@ before any training starts.
 
 from __future__ import annotations
 
+import functools
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,6 +151,21 @@ class BaseConfig:
     output_dir: str = MISSING
     test: bool = True
     profile_layers: bool = False
+
+
+def friendly_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Wrap a Hydra task so that a :class:`ConfigError` prints one line and exits with status 2,
+    instead of a traceback: it is the user's input that is wrong, not the program."""
+
+    @functools.wraps(task)
+    def run(cfg: DictConfig) -> Any:
+        try:
+            return task(cfg)
+        except ConfigError as err:
+            print(f"lightning-green: invalid configuration: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return run
 
 
 def register_configs() -> None:

@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig
 
 from lightning_green.callbacks import LayerEnergyProfiler
-from lightning_green.config import CONF_DIR
+from lightning_green.config import CONF_DIR, friendly_errors
 from lightning_green.train import build_run
 
 
@@ -33,6 +33,7 @@ def print_type_table(profiler: LayerEnergyProfiler, title: str) -> None:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="profile", version_base="1.3")
+@friendly_errors
 def main(cfg: DictConfig) -> None:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run = build_run(cfg)

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from lightning_green.callbacks import EnergyMonitor
-from lightning_green.config import CONF_DIR, build, check_trainer, to_container
+from lightning_green.config import CONF_DIR, build, check_trainer, friendly_errors, to_container
 from lightning_green.models import LitClassifier, count_params
 from lightning_green.records import RunRecord, write_run
 
@@ -172,6 +172,7 @@ def print_summary(record: RunRecord, output_dir: str) -> None:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+@friendly_errors
 def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns the test accuracy (what a sweeper maximises)."""
     record = run_training(cfg)

@@ -69,7 +69,7 @@ def test_multirun_then_report(tmp_path: Path):
 
 def test_invalid_override_fails_before_training(tmp_path: Path):
     r = cli("train", "model.conv_layers=0", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert r.returncode != 0
+    assert r.returncode == 2  # a one-line message, not a traceback
     assert "model.conv_layers must be an integer >= 1, got 0" in r.stderr
     assert not (tmp_path / "run" / "energy.jsonl").exists()
     r = cli("train", "model=transformer", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)

@@ -7,7 +7,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from lightning_green.config import CONF_DIR
+from lightning_green.config import CONF_DIR, friendly_errors
 
 
 def _print_study(out: Path) -> None:
@@ -26,6 +26,7 @@ def _print_study(out: Path) -> None:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="tune", version_base="1.3")
+@friendly_errors
 def tune_main(cfg: DictConfig) -> None:
     from lightning_green.tune.study import prepare, run_study
 
@@ -35,6 +36,7 @@ def tune_main(cfg: DictConfig) -> None:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="compare", version_base="1.3")
+@friendly_errors
 def compare_main(cfg: DictConfig) -> None:
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
