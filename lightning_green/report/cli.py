@@ -11,12 +11,16 @@ def main(argv: list[str] | None = None) -> int:
         prog="lightning-green report",
         description="Read the records of a run, multirun or study folder; write summary.csv, summary.md and plots.",
     )
-    parser.add_argument("path", type=Path, help="a run, multirun or study folder")
+    parser.add_argument("path", type=Path, help="a run, multirun, study or comparison folder")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: the folder itself)")
     args = parser.parse_args(argv)
     if not args.path.is_dir():
         parser.error(f"{args.path} is not a folder")
-    if (args.path / "study.json").is_file():
+    if (args.path / "compare.json").is_file():
+        from lightning_green.tune.compare import report_compare
+
+        paths = report_compare(args.path, args.out)
+    elif (args.path / "study.json").is_file():
         from lightning_green.tune.study import report_study
 
         paths = report_study(args.path, args.out)

@@ -41,7 +41,8 @@ def compare_main(cfg: DictConfig) -> None:
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
 
-    from lightning_green.config import ConfigError
+    from lightning_green.config import ConfigError, to_container
+    from lightning_green.records import write_json_atomic
     from lightning_green.tune.compare import write_compare
     from lightning_green.tune.strategies import STRATEGIES
     from lightning_green.tune.study import init_ray, prepare, read_study, run_study
@@ -65,6 +66,7 @@ def compare_main(cfg: DictConfig) -> None:
         cfgs[s] = sub
     cluster = init_ray(cfg.tune)
     out = Path(cfg.output_dir)
+    write_json_atomic(out / "compare.json", to_container(c))
     studies = {}
     for s, sub in cfgs.items():
         studies[s] = []

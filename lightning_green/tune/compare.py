@@ -64,6 +64,9 @@ def compare_table(
         ms = [study_metrics(t, target, ref_energy) for t in ts]
         reached = [m["energy_to_target_j"] for m in ms if m["energy_to_target_j"] is not None]
         tt = [m["trials_to_target"] for m in ms if m["trials_to_target"] is not None]
+        per_seed = ", ".join(
+            f"{m['energy_to_target_j']:.1f}" if m["energy_to_target_j"] is not None else "never" for m in ms
+        )
         rows.append(
             {
                 "strategy": name,
@@ -75,6 +78,7 @@ def compare_table(
                 "energy_to_target_j": float(np.mean(reached)) if reached else "never",
                 "trials_to_target": float(np.mean(tt)) if tt else "never",
                 "reached_target": f"{len(reached)}/{len(ms)}",
+                "energy_to_target_per_seed_j": per_seed,
                 "hypervolume": float(np.mean([m["hypervolume"] for m in ms])),
                 "hypervolume_normalised": float(np.mean([m["hypervolume_normalised"] for m in ms])),
                 "failed_trials": int(sum(m["failed"] for m in ms)),
@@ -180,9 +184,28 @@ def write_compare(
         _md(table),
         "",
         "`energy_to_target_j`: tuning energy spent, in trial order, until the first trial at or above the target "
-        "(mean over the seeds that reached it). `hypervolume`: area of (accuracy, energy) space dominated by the "
+        "(mean over the seeds that reached it; `energy_to_target_per_seed_j` lists every seed, `never` where it did not). `hypervolume`: area of (accuracy, energy) space dominated by the "
         "trials, up to the reference point (normalised: divided by 1 x the reference energy).",
     ]
     paths[1].write_text("\n".join(text) + "\n")
     paths += anytime_plot(studies, out, info["target_accuracy"])
     return paths
+
+
+def report_compare(path: Path, out: Path | None = None) -> list[Path]:
+    """Rebuild a comparison's table and plots from its studies (``<strategy>/seed<k>/``)."""
+    import json
+
+    from lightning_green.tune.study import STUDY_FILE, read_study
+
+    path = Path(path)
+    settings = json.loads((path / "compare.json").read_text())
+    studies: dict[str, list[pd.DataFrame]] = {}
+    for strategy in settings["strategies"]:
+        for seed in settings["seeds"]:
+            d = path / strategy / f"seed{seed}"
+            if (d / STUDY_FILE).is_file():
+                studies.setdefault(strategy, []).append(read_study(d)[1])
+    return write_compare(
+        studies, Path(out) if out else path, settings["target_fraction"], settings["reference_energy_j"]
+    )
