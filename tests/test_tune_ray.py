@@ -142,3 +142,23 @@ def test_interrupted_study_resumes_without_rerunning_finished_trials(tmp_path: P
     assert json.loads((out / "study.json").read_text()).get("resumed") is True
     for path, run_id in zip(before, ids_before, strict=True):
         assert read_run(Path(path).parent).run_id == run_id  # the finished trial was not trained again
+
+
+def test_asha_stops_weak_trials_and_the_energy_budget_stops_the_study(tmp_path: Path):
+    asha, budget = tmp_path / "asha", tmp_path / "budget"
+    bash(f"""
+        lightning-green tune tune.scheduler=asha tune.num_samples=6 trainer.max_epochs=4 hydra.run.dir={asha}
+        lightning-green tune tune.energy_budget_j=2.0 tune.num_samples=8 tune.max_concurrent=1 trainer.max_epochs=1 hydra.run.dir={budget}
+    """, tmp_path)  # fmt: skip
+    trials = pd.read_csv(asha / "trials.csv")
+    meta = json.loads((asha / "study.json").read_text())
+    stopped = trials[trials["stopped_early"]]
+    assert len(stopped) >= 1 and meta["stopped_early"] == len(stopped)
+    assert (stopped["epochs"] < 4).all() and (stopped["energy_saved_estimate_j"] > 0).all()
+    assert meta["energy_saved_estimate_j"] == pytest.approx(stopped["energy_saved_estimate_j"].sum())
+    assert (trials[~trials["stopped_early"]]["energy_saved_estimate_j"] == 0).all()
+
+    meta = json.loads((budget / "study.json").read_text())
+    trials = pd.read_csv(budget / "trials.csv")
+    assert meta["stopped_by_energy_budget"] is True and meta["energy_used_j"] >= 2.0
+    assert len(trials) < 8  # the study ended before its trial budget

@@ -162,7 +162,16 @@ def run_study(
         pareto_table(df).to_csv(out / PARETO_FILE, index=False)
     meta["finished"] = time.time()
     meta["trials"] = len(df)
-    meta["failed"] = int((df["status"] == "ERROR").sum())
+    meta["failed"] = int((df["status"] == "ERROR").sum()) if not df.empty else 0
+    if not df.empty:
+        add_savings(df, cfg.trainer.max_epochs)
+        df.to_csv(out / TRIALS_FILE, index=False)
+        meta["stopped_early"] = int(df["stopped_early"].sum())
+        meta["energy_saved_estimate_j"] = float(df["energy_saved_estimate_j"].sum())
+        meta["energy_used_j"] = float(df["total_j"].fillna(df["energy_j"]).fillna(0).sum())
+        meta["stopped_by_energy_budget"] = bool(
+            t.energy_budget_j and meta["energy_used_j"] >= t.energy_budget_j
+        )
     write_json_atomic(out / STUDY_FILE, meta)
     return out
 
@@ -199,6 +208,18 @@ def trials_table(grid: Any, acc: str, energy: str) -> pd.DataFrame:
     # the order in which the searcher proposed the trials.
     df["order"] = [_creation_index(tid, path) for tid, path in zip(df["trial_id"], df["path"], strict=True)]
     return df.sort_values("order").reset_index(drop=True)
+
+
+def add_savings(df: pd.DataFrame, max_epochs: int) -> None:
+    """Mark trials a scheduler or stopper ended before their last epoch, and estimate the energy
+    that saved: their mean energy per epoch so far x the epochs they did not run (an estimate)."""
+    ok = df["status"] == "TERMINATED"
+    epochs = df["epochs"].astype(float)
+    df["stopped_early"] = ok & ~df["finished"].astype(bool) & (epochs < max_epochs)
+    per_epoch = df["energy_j"].astype(float) / epochs.where(epochs > 0)
+    df["energy_saved_estimate_j"] = (
+        (per_epoch * (max_epochs - epochs)).where(df["stopped_early"], 0.0).fillna(0.0)
+    )
 
 
 def _creation_index(trial_id: str, path: str) -> float:
