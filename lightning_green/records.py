@@ -25,7 +25,6 @@ from lightning_green.energy.reading import DomainEnergy, Reading
 SCHEMA_VERSION = 1
 RECORDS_FILE = "energy.jsonl"
 SUMMARY_FILE = "energy_summary.json"
-STAGES = ("train", "validate", "test", "predict", "sanity_check")
 
 
 @dataclass

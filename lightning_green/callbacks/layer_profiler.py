@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from lightning_green._checks import check_int as _check_int
 from lightning_green.callbacks.energy_monitor import DEFAULT_OUTPUT_DIR, EnergyMonitor
 from lightning_green.callbacks.layer_types import LAYER_TYPES, layer_type
 from lightning_green.energy import BACKENDS, Meter, make_meter
@@ -193,7 +194,6 @@ class LayerEnergyProfiler(Callback):
         self.window_joules = 0.0  # measured over whole profiling windows (steps + the gaps between)
         self.window_seconds = 0.0
         self._window_layer_s: dict[str, float] = {}
-        self._window_steps = 0
         self._warned_short = False
         self._writer_rank = False
 
@@ -345,7 +345,6 @@ class LayerEnergyProfiler(Callback):
         if not self.attached:
             self._attach()
             self._window_layer_s = dict.fromkeys(self._layers, 0.0)
-            self._window_steps = 0
             meter.begin_window(_WINDOW)  # synchronises the device
         self._batch_size = _batch_size(batch)
         self._in_step = True
@@ -369,7 +368,6 @@ class LayerEnergyProfiler(Callback):
             self._window_layer_s[s.name] += f + b
             s.fwd.clear(), s.bwd.clear(), s.fwd_open.clear(), s.bwd_open.clear()
         self.steps += 1
-        self._window_steps += 1
         self.samples += self._batch_size
         if not self.is_profiled_step(trainer.global_step):  # the window is over (global_step advanced)
             self._end_window(trainer)
@@ -646,11 +644,6 @@ def _batch_size(batch: Any) -> int:
     if isinstance(batch, dict) and batch:
         return _batch_size(next(iter(batch.values())))
     return 1
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

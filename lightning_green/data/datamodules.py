@@ -9,6 +9,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, random_split
 
+from lightning_green._checks import check_int
+
 
 def _check_fraction(name: str, value: float) -> None:
     if not 0 < value < 1:
@@ -23,10 +25,8 @@ class _Base(pl.LightningDataModule):
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        check_int("batch_size", batch_size, 1)
+        check_int("num_workers", num_workers, 0)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -124,8 +124,7 @@ class SyntheticDataModule(_Base):
             ("image_size", image_size, 1),
             ("num_classes", num_classes, 2),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+            check_int(name, value, lo)
         self.samples = samples
         self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
 

@@ -10,7 +10,7 @@ Example::
     print(reading.joules, reading.sources)
 """
 
-from lightning_green.energy.base import CompositeMeter, Meter, MeterReadError, MeterUnavailableError
+from lightning_green.energy.base import CompositeMeter, Meter, MeterUnavailableError
 from lightning_green.energy.carbon import CarbonModel
 from lightning_green.energy.estimate import DEFAULT_WATTS_PER_CORE, EstimateMeter
 from lightning_green.energy.nvml import NvmlMeter
@@ -27,7 +27,6 @@ __all__ = [
     "DomainEnergy",
     "EstimateMeter",
     "Meter",
-    "MeterReadError",
     "MeterUnavailableError",
     "NvmlMeter",
     "RaplMeter",

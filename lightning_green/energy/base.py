@@ -24,10 +24,6 @@ class MeterUnavailableError(RuntimeError):
     """The backend cannot work on this machine (no device, no counter, no permission)."""
 
 
-class MeterReadError(RuntimeError):
-    """A counter that worked before failed to read."""
-
-
 @dataclass(frozen=True)
 class Channel:
     """One counter a meter reads: which domain and device it covers, and how."""
@@ -37,16 +33,10 @@ class Channel:
     source: str
 
 
-#: What a meter's reading covers, used to avoid double counting under DDP:
-#: ``"node"`` counters (RAPL packages) are read by one process per node, ``"device"`` counters
-#: (a GPU) by the rank that owns the device, ``"process"`` estimates by every rank.
-SCOPES = ("node", "device", "process")
-
-
 class Meter(ABC):
     """Reads energy over windows.
 
-    Subclasses set :attr:`name` (the backend), :attr:`scope` and :attr:`channels`.
+    Subclasses set :attr:`name` (the backend) and :attr:`channels`.
 
     Example::
 
@@ -58,7 +48,6 @@ class Meter(ABC):
     """
 
     name: str = "meter"
-    scope: str = "process"
 
     def __init__(self) -> None:
         self._windows: dict[str, tuple[float, float, Any]] = {}

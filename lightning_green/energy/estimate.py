@@ -95,7 +95,6 @@ class EstimateMeter(CounterMeter):
     """
 
     name = "estimate"
-    scope = "process"
 
     def __init__(self, watts_per_core: float = DEFAULT_WATTS_PER_CORE, include_children: bool = True) -> None:
         if not isinstance(watts_per_core, (int, float)) or not watts_per_core > 0:

@@ -83,7 +83,6 @@ class NvmlMeter(CounterMeter):
     """
 
     name = "nvml"
-    scope = "device"
 
     def __init__(
         self, gpu_indices: Sequence[int] | None = None, sync: bool = True, sample_interval_s: float = 0.1

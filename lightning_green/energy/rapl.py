@@ -91,7 +91,6 @@ class RaplMeter(CounterMeter):
     """
 
     name = "rapl"
-    scope = "node"
 
     def __init__(
         self, root: str | os.PathLike[str] = DEFAULT_ROOT, poll_interval_s: float | None = 10.0

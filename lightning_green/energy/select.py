@@ -120,7 +120,6 @@ class _NullMeter(Meter):
     """Measures nothing: for a DDP rank whose node counters are read by another rank."""
 
     name = "none"
-    scope = "process"
 
     @property
     def channels(self) -> tuple:

@@ -33,7 +33,6 @@ class ZeusMeter(Meter):
     """
 
     name = "zeus"
-    scope = "device"
 
     def __init__(
         self, gpu_indices: Sequence[int] | None = None, cpu_indices: Sequence[int] | None = None

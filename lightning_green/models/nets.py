@@ -10,13 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lightning_green._checks import check_int as _check_int
+
 ACTIVATIONS = ("relu", "none")
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def _act(activation: str) -> list[nn.Module]:

@@ -110,12 +110,10 @@ def main_effects(df: pd.DataFrame, response: str = "energy_j") -> pd.DataFrame:
                 "factor": f,
                 "eta_sq": ss / ss_total if ss_total > 0 else float("nan"),
                 "levels": ", ".join(f"{lv}: {means[lv]:.4g}" for lv in levels),
-                f"change_{hi}_to_{lo}": change,
-                "change_high_to_low": change,
+                "change_high_to_low": change,  # e.g. 4 -> 1 conv layers: (mean at 1 - mean at 4) / mean at 4
             }
         )
-    out = pd.DataFrame(rows)
-    return out.drop(columns=[c for c in out.columns if c.startswith("change_") and c != "change_high_to_low"])
+    return pd.DataFrame(rows)
 
 
 def write_tables(df: pd.DataFrame, out: Path, effects: pd.DataFrame | None) -> list[Path]:
