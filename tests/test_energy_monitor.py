@@ -292,3 +292,19 @@ def test_ddp_two_processes_count_once(tmp_path: Path, backend: str):
     assert summary["total_j"] == pytest.approx(sum(w.energy_j for w in windows))
     logged = float(r.stdout.split("LOGGED")[1].split()[0])
     assert logged == pytest.approx(summary["total_j"], rel=1e-5)
+
+
+def test_keys_reach_a_tensorboard_logger(tmp_path: Path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer = _trainer(tmp_path, EnergyMonitor(), max_epochs=2, logger=logger)
+    trainer.fit(_model(), datamodule=DigitsDataModule())
+    events = EventAccumulator(logger.log_dir)
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"energy/train_epoch_j", "energy/val_epoch_j", "energy/total_j", "power/train_avg_w"} <= tags
+    train_j = [e.value for e in events.Scalars("energy/train_epoch_j")]
+    windows = [w for w in read_windows(logger.log_dir) if w.stage == "train"]
+    assert train_j == pytest.approx([w.energy_j for w in windows], rel=1e-5)
