@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 from common import RESULTS, machine
 
-from lightning_green.report.runs import _md
+from lightning_green.report.runs import markdown_table
 
 CLI = str(Path(sys.executable).with_name("lightning-green"))
 ARGS = [
@@ -69,7 +69,7 @@ def main() -> None:
         f"command per cell: lightning-green profile model.conv_layers=C model.linear_layers=L model.activation=A {' '.join(ARGS)}",
         f"source: {df['source'].iloc[0]} (allocation of each profiling window's energy by synchronised layer time)",
         "",
-        _md(df.round(4)),
+        markdown_table(df.round(4)),
         "",
         "Mean share of the energy the layers explain (unattributed excluded): "
         + ", ".join(f"{c.removesuffix('_of_layers')} {v:.1%}" for c, v in means.items()),

@@ -196,6 +196,12 @@ def _root_value_error(err: BaseException) -> BaseException:
     return found
 
 
+def config_error(group: str, err: BaseException) -> ConfigError:
+    """``err`` (or the ValueError beneath it) as a ConfigError naming ``group.<argument>``."""
+    root = _root_value_error(err)
+    return ConfigError(f"{group}.{root}" if isinstance(root, ValueError) else f"{group}: {root}")
+
+
 def build(group: str, node: DictConfig, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` with errors re-raised as :class:`ConfigError` naming ``group.key``."""
     from hydra.utils import instantiate
@@ -203,8 +209,7 @@ def build(group: str, node: DictConfig, **kwargs: Any) -> Any:
     try:
         return instantiate(node, _convert_="all", **kwargs)
     except Exception as err:
-        root = _root_value_error(err)
-        raise ConfigError(f"{group}.{root}" if isinstance(root, ValueError) else f"{group}: {root}") from err
+        raise config_error(group, err) from err
 
 
 def check_trainer(cfg: DictConfig) -> None:

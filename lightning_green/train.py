@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from lightning_green.callbacks import EnergyMonitor
-from lightning_green.config import CONF_DIR, build, check_trainer, friendly_errors, to_container
+from lightning_green.config import CONF_DIR, build, check_trainer, config_error, friendly_errors, to_container
 from lightning_green.models import LitClassifier, count_params
 from lightning_green.records import RunRecord, write_run
 
@@ -64,7 +64,7 @@ def build_run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
     try:
         module = LitClassifier(net, **to_container(cfg.optimizer))
     except ValueError as err:
-        raise_config("optimizer", err)
+        raise config_error("optimizer", err) from err
     e = cfg.energy
     try:
         monitor = EnergyMonitor(
@@ -75,7 +75,7 @@ def build_run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
             watts_per_core=e.watts_per_core,
         )
     except ValueError as err:
-        raise_config("energy", err)
+        raise config_error("energy", err) from err
     callbacks: list[pl.Callback] = [monitor]
     if cfg.profile_layers:
         from lightning_green.callbacks.layer_profiler import LayerEnergyProfiler
@@ -90,12 +90,6 @@ def build_run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
     )
     sample = torch.zeros(1, dm.in_channels, dm.image_size, dm.image_size)
     return Run(trainer, module, dm, monitor, forward_flops(net, sample))
-
-
-def raise_config(group: str, err: ValueError) -> None:
-    from lightning_green.config import ConfigError
-
-    raise ConfigError(f"{group}.{err}") from err
 
 
 def run_training(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> RunRecord:

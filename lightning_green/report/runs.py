@@ -120,7 +120,7 @@ def write_tables(df: pd.DataFrame, out: Path, effects: pd.DataFrame | None) -> l
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "summary.csv", out / "summary.md"]
     df.to_csv(paths[0], index=False)
-    text = ["# lightning-green report", "", _md(df), ""]
+    text = ["# lightning-green report", "", markdown_table(df), ""]
     sources = sorted(set(df["source"]))
     text.append(
         f"Energy source: {'; '.join(sources)}. `energy_j` is training energy (train epochs, validation, "
@@ -133,13 +133,15 @@ def write_tables(df: pd.DataFrame, out: Path, effects: pd.DataFrame | None) -> l
             "",
             "## Main effects on training energy (share of variance explained, eta^2)",
             "",
-            _md(effects),
+            markdown_table(effects),
         ]
     paths[1].write_text("\n".join(text) + "\n")
     return paths
 
 
-def _md(df: pd.DataFrame) -> str:
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table of ``df`` (floats to 4 significant digits)."""
+
     def fmt(v: object) -> str:
         if isinstance(v, float):
             return f"{v:.4g}"

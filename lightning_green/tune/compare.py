@@ -167,7 +167,7 @@ def pareto_plot(studies: dict[str, list[pd.DataFrame]], out: Path) -> list[Path]
 def write_compare(
     studies: dict[str, list[pd.DataFrame]], out: Path, target_fraction: float, ref_energy: float | None
 ) -> list[Path]:
-    from lightning_green.report.runs import _md
+    from lightning_green.report.runs import markdown_table
 
     table, info = compare_table(studies, target_fraction, ref_energy)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,7 +181,7 @@ def write_compare(
         f"{info['best_accuracy_any']:.4f}). Hypervolume reference point: accuracy {info['reference_point']['accuracy']}, "
         f"energy {info['reference_point']['energy_j']:.1f} J. Energy source: {'; '.join(sources)}.",
         "",
-        _md(table),
+        markdown_table(table),
         "",
         "`energy_to_target_j`: tuning energy spent, in trial order, until the first trial at or above the target "
         "(mean over the seeds that reached it; `energy_to_target_per_seed_j` lists every seed, `never` where it did not). `hypervolume`: area of (accuracy, energy) space dominated by the "

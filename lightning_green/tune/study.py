@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_green.config import to_container
 from lightning_green.records import write_json_atomic
-from lightning_green.tune.space import parse_space
+from lightning_green.tune.space import flatten, parse_space
 from lightning_green.tune.strategies import check_strategy, search_setup
 
 STUDY_FILE = "study.json"
@@ -53,25 +53,24 @@ def init_ray(tune_cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-class EnergyBudgetStopper:
-    """Stops the whole study once its trials together have used ``budget_j`` joules."""
+def energy_budget_stopper(budget_j: float, metric: str) -> Any:
+    """A Ray Tune stopper that ends the whole study once its trials together used ``budget_j`` joules
+    (each trial's latest cumulative ``metric``)."""
+    from ray import tune
 
-    def __init__(self, budget_j: float, metric: str) -> None:
-        from ray import tune
+    class EnergyBudgetStopper(tune.Stopper):
+        def __init__(self) -> None:
+            self.used: dict[str, float] = {}
 
-        self.budget_j, self.metric = budget_j, metric
-        self.used: dict[str, float] = {}
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            if result.get(metric) is not None:
+                self.used[trial_id] = float(result[metric])
+            return False
 
-        class _Stopper(tune.Stopper):
-            def __call__(inner, trial_id: str, result: dict) -> bool:
-                if self.metric in result and result[self.metric] is not None:
-                    self.used[trial_id] = float(result[self.metric])
-                return False
+        def stop_all(self) -> bool:
+            return sum(self.used.values()) >= budget_j
 
-            def stop_all(inner) -> bool:
-                return sum(self.used.values()) >= self.budget_j
-
-        self.stopper = _Stopper()
+    return EnergyBudgetStopper()
 
 
 def prepare(cfg: DictConfig) -> tuple[list, dict[str, Any]]:
@@ -130,13 +129,12 @@ def run_study(
         if t.scheduler == "asha":
             from ray.tune.schedulers import ASHAScheduler
 
+            # With a single metric ASHA takes Tune's; multi-objective studies rank trials by accuracy.
+            ranking = {} if "metric" in kw else {"metric": t.accuracy_metric, "mode": "max"}
             scheduler = ASHAScheduler(
-                time_attr="training_iteration", max_t=cfg.trainer.max_epochs + 1, grace_period=1
+                time_attr="training_iteration", max_t=cfg.trainer.max_epochs + 1, grace_period=1, **ranking
             )
-            if "metric" not in kw:  # multi-objective: ASHA ranks trials by accuracy
-                scheduler = ASHAScheduler(time_attr="training_iteration", metric=t.accuracy_metric, mode="max",
-                                          max_t=cfg.trainer.max_epochs + 1, grace_period=1)  # fmt: skip
-        stop = EnergyBudgetStopper(t.energy_budget_j, t.energy_metric).stopper if t.energy_budget_j else None
+        stop = energy_budget_stopper(t.energy_budget_j, t.energy_metric) if t.energy_budget_j else None
         tuner = tune.Tuner(
             trainable,
             param_space=space,
@@ -157,21 +155,19 @@ def run_study(
     write_json_atomic(out / STUDY_FILE, meta)
     grid = tuner.fit()
     df = trials_table(grid, t.accuracy_metric, t.energy_metric)
-    df.to_csv(out / TRIALS_FILE, index=False)
-    if not df.empty:
-        pareto_table(df).to_csv(out / PARETO_FILE, index=False)
     meta["finished"] = time.time()
     meta["trials"] = len(df)
     meta["failed"] = int((df["status"] == "ERROR").sum()) if not df.empty else 0
     if not df.empty:
         add_savings(df, cfg.trainer.max_epochs)
-        df.to_csv(out / TRIALS_FILE, index=False)
+        pareto_table(df).to_csv(out / PARETO_FILE, index=False)
         meta["stopped_early"] = int(df["stopped_early"].sum())
         meta["energy_saved_estimate_j"] = float(df["energy_saved_estimate_j"].sum())
         meta["energy_used_j"] = float(df["total_j"].fillna(df["energy_j"]).fillna(0).sum())
         meta["stopped_by_energy_budget"] = bool(
             t.energy_budget_j and meta["energy_used_j"] >= t.energy_budget_j
         )
+    df.to_csv(out / TRIALS_FILE, index=False)
     write_json_atomic(out / STUDY_FILE, meta)
     return out
 
@@ -183,8 +179,6 @@ def trials_table(grid: Any, acc: str, energy: str) -> pd.DataFrame:
         m = r.metrics or {}
         trial_id = m.get("trial_id") or Path(r.path).name
         row: dict[str, Any] = {"trial_id": trial_id}
-        from lightning_green.tune.space import flatten
-
         row.update({f"param.{k}": v for k, v in flatten(r.config or {}).items()})
         row.update(
             accuracy=m.get(acc),
@@ -262,7 +256,7 @@ def report_study(path: str | Path, out: str | Path | None = None) -> list[Path]:
     trials.to_csv(paths[0], index=False)
     pareto = pareto_table(trials)
     pareto.to_csv(paths[2], index=False)
-    from lightning_green.report.runs import _md
+    from lightning_green.report.runs import markdown_table
 
     cols = [c for c in trials.columns if c.startswith("param.")] + [
         "accuracy",
@@ -280,11 +274,11 @@ def report_study(path: str | Path, out: str | Path | None = None) -> list[Path]:
         f"({'measured' if 'measured' in ' '.join(map(str, trials['source'])) else 'estimated'}: {', '.join(sorted(set(map(str, trials['source']))))}); "
         f"{metrics['failed']} failed",
         "",
-        _md(trials[cols]),
+        markdown_table(trials[cols]),
         "",
         "## Pareto set (no other trial is both more accurate and cheaper)",
         "",
-        _md(pareto[cols]) if not pareto.empty else "(none)",
+        markdown_table(pareto[cols]) if not pareto.empty else "(none)",
     ]
     paths[1].write_text("\n".join(lines) + "\n")
     paths += anytime_plot({meta["strategy"]["name"]: [trials]}, out)
