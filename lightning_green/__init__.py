@@ -8,7 +8,12 @@ Example::
     trainer = Trainer(callbacks=[EnergyMonitor()])
 """
 
-from lightning_green.callbacks import EnergyMonitor, LayerEnergyProfiler
+from lightning_green.callbacks import (
+    EnergyBudget,
+    EnergyEfficientStopping,
+    EnergyMonitor,
+    LayerEnergyProfiler,
+)
 
 __version__ = "0.1.0"
-__all__ = ["EnergyMonitor", "LayerEnergyProfiler", "__version__"]
+__all__ = ["EnergyBudget", "EnergyEfficientStopping", "EnergyMonitor", "LayerEnergyProfiler", "__version__"]

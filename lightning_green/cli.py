@@ -13,6 +13,25 @@ COMMANDS = {
 }
 
 
+#: Commands whose training may start more processes (DDP), and the module each is run as.
+RELAUNCHABLE = {"train": "lightning_green.train", "profile": "lightning_green.profile"}
+
+
+def _relaunch_as(module: str) -> None:
+    """Make Lightning's DDP launcher start the other ranks as ``python -m <module> <overrides>``.
+
+    Lightning re-runs ``sys.argv`` for every rank: ``python -m __main__.__spec__.name`` when the
+    program was started as a module, else ``python sys.argv[0]``. Neither works from a console
+    script (``lightning-green`` is not a Python file to re-run, and ``lightning_green.cli`` would
+    lose the command word), so point ``__main__``'s spec at the command's own module.
+    """
+    import importlib.util
+
+    import __main__
+
+    __main__.__spec__ = importlib.util.find_spec(module)
+
+
 def _usage() -> str:
     lines = ["usage: lightning-green <command> [args]", "", "commands:"]
     lines += [f"  {name:<8} {text}" for name, text in COMMANDS.items()]
@@ -30,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Hydra reads sys.argv itself.
     sys.argv = [f"lightning-green {command}", *rest]
+    if command in RELAUNCHABLE:
+        _relaunch_as(RELAUNCHABLE[command])
     if command == "train":
         from lightning_green.train import main as train_main
 

@@ -13,15 +13,18 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from lightning_green._checks import UserInputError
+from lightning_green.energy import MeterUnavailableError
+
 CONF_DIR = Path(__file__).parent / "conf"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserInputError):
     """A config value is invalid; the message names its key and the allowed values."""
 
 
@@ -123,6 +126,7 @@ class EnergySchema:
     carbon_intensity_g_per_kwh: float = 475.0
     pue: float = 1.0
     watts_per_core: float = 12.0
+    rapl_root: str = "/sys/class/powercap"
     profile_layers: bool = False
 
 
@@ -154,18 +158,28 @@ class BaseConfig:
 
 
 def friendly_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Wrap a Hydra task so that a :class:`ConfigError` prints one line and exits with status 2,
-    instead of a traceback: it is the user's input that is wrong, not the program."""
+    """Wrap a Hydra task so that wrong input prints one line and exits with status 2, instead of a
+    traceback: a :class:`ConfigError`, another :class:`UserInputError` (a record file, missing data),
+    or an energy backend that cannot work on this machine."""
 
     @functools.wraps(task)
     def run(cfg: DictConfig) -> Any:
         try:
             return task(cfg)
         except ConfigError as err:
-            print(f"lightning-green: invalid configuration: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
+            _fail(f"invalid configuration: {err}")
+        except UserInputError as err:
+            _fail(str(err))
+        except MeterUnavailableError as err:
+            backend = OmegaConf.select(cfg, "energy.backend", default="?")
+            _fail(f"energy.backend={backend} cannot work on this machine: {err}; use energy.backend=auto")
 
     return run
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"lightning-green: {' '.join(message.split())}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def register_configs() -> None:

@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig
 
 from lightning_green.callbacks import LayerEnergyProfiler
-from lightning_green.config import CONF_DIR, friendly_errors
+from lightning_green.config import CONF_DIR, ConfigError, friendly_errors
 from lightning_green.train import build_run
 
 
@@ -25,9 +25,10 @@ def print_type_table(profiler: LayerEnergyProfiler, title: str) -> None:
     for col in ("layer type", "layers", "J / step", "share", "params", "fwd FLOPs / step"):
         table.add_column(col, justify="left" if col == "layer type" else "right")
     for t in profiler.type_table():
+        j, share = t["joules_per_step"], t["share"]
         table.add_row(
-            t["layer_type"], str(t["layers"]), f"{t['joules_per_step']:.4g}", f"{t['share']:.1%}",
-            f"{t['params']:,}", f"{t['flops']:,}",
+            t["layer_type"], str(t["layers"]), "no figure" if j is None else f"{j:.4g}",
+            "-" if share is None else f"{share:.1%}", f"{t['params']:,}", f"{t['flops']:,}",
         )  # fmt: skip
     Console().print(table)
 
@@ -39,11 +40,20 @@ def main(cfg: DictConfig) -> None:
     run = build_run(cfg)
     run.trainer.fit(run.module, datamodule=run.datamodule)
     profiler = next(c for c in run.trainer.callbacks if isinstance(c, LayerEnergyProfiler))
+    if profiler.steps == 0:
+        raise ConfigError(
+            f"nothing was profiled: training ran {run.trainer.global_step} step(s), not more than "
+            f"profiler.warmup_steps={profiler.warmup_steps}, and no layer files were written; lower "
+            "profiler.warmup_steps or train longer (trainer.limit_train_batches, trainer.max_epochs)"
+        )
     rows = profiler.rows()
     print_type_table(
         profiler, f"Energy per layer type ({profiler.steps} profiled steps; {rows[0]['source']})"
     )
-    print(f"files: {profiler.output_dir}/layers.csv, layer_types.csv, layer_energy.png")
+    for note in dict.fromkeys(r["note"] for r in rows if r["note"]):
+        print(f"note: {note}")
+    if profiler.written:
+        print(f"files in {profiler.output_dir}: {', '.join(profiler.written)}")
 
 
 if __name__ == "__main__":

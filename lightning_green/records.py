@@ -7,22 +7,40 @@ Files in a run's output directory:
 * ``energy.jsonl``: one JSON object per line, appended, flushed and fsynced as each window ends,
   so a crash or kill loses at most the unfinished window. ``kind`` says what a line is:
   ``"window"`` (:class:`WindowRecord`), ``"layer"`` and ``"layer_type"`` (:class:`LayerRecord`).
-* ``energy_summary.json``: totals, rewritten atomically after every window and at the end.
+  Several runs may append to one file; every record names its ``run_id``.
+* ``energy_summary.json``: totals, rewritten atomically (readers see the old file or the new one)
+  after the first window, at most every 30 s after that, when a fit fails, and at the end.
+
+What each failure loses: a kill (SIGKILL, the OOM killer, a crash) loses only the window that was
+open; a line torn by a kill or a full disk is skipped by the reader with a warning, and the next
+append starts on a fresh line. A full disk loses no record that was already written: the writer
+keeps unwritten records in memory, warns once, and writes them when space is back.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning_green._checks import UserInputError
 from lightning_green.energy.reading import DomainEnergy, Reading
 
 SCHEMA_VERSION = 1
+#: Schema versions this reader understands.
+SUPPORTED_SCHEMAS = (1,)
+
+
+class RecordError(UserInputError):
+    """A record file holds a value no lightning-green run writes (the message names file, line, field)."""
+
+
 RECORDS_FILE = "energy.jsonl"
 SUMMARY_FILE = "energy_summary.json"
 
@@ -32,7 +50,9 @@ class WindowRecord:
     """Energy of one window: a train epoch, a validation run, a test run.
 
     ``energy_j`` is the sum of the domains that were read; ``complete`` is ``False`` when a
-    counter failed in the window, in which case ``energy_j`` covers only the domains that worked.
+    counter failed in the window, in which case ``energy_j`` covers only the domains that worked,
+    or when the window was cut short (``interrupted`` says by what; ``energy_j`` is then the
+    energy measured up to that moment).
     """
 
     run_id: str
@@ -48,6 +68,8 @@ class WindowRecord:
     complete: bool
     assumptions: dict[str, Any] = field(default_factory=dict)
     world_size: int = 1
+    #: Why the window ended early (an exception, Ctrl-C); ``None`` for a window that ran to its end.
+    interrupted: str | None = None
     kind: str = "window"
     schema: int = SCHEMA_VERSION
 
@@ -83,23 +105,29 @@ class WindowRecord:
 
 @dataclass
 class LayerRecord:
-    """Energy of one layer (``kind="layer"``) or one layer type (``kind="layer_type"``)."""
+    """Energy of one layer (``kind="layer"``) or one layer type (``kind="layer_type"``).
+
+    ``joules_per_step`` and ``share`` are ``None`` when there is no figure (the profiling window
+    measured 0 J, or its counter failed); ``complete`` is then ``False`` and ``note`` says why.
+    """
 
     run_id: str
     kind: str
     name: str
     layer_type: str
-    joules_per_step: float
-    share: float
+    joules_per_step: float | None
+    share: float | None
     source: str
     mode: str
     params: int = 0
     flops: int = 0
     forward_s: float = 0.0
     backward_s: float = 0.0
-    joules_per_sample: float = 0.0
+    joules_per_sample: float | None = 0.0
     calls: int = 0
     steps: int = 0
+    complete: bool = True
+    note: str = ""
     schema: int = SCHEMA_VERSION
 
 
@@ -111,7 +139,13 @@ def to_json(record: WindowRecord | LayerRecord) -> str:
 
 
 class RecordWriter:
-    """Appends records to a JSONL file, one fsynced line at a time.
+    """Appends records to a JSONL file, one flushed and fsynced write per call.
+
+    Each append starts on a fresh line (a line torn by an earlier kill or full disk stays a line of
+    its own, which the reader skips). When the write fails (a full disk, a vanished mount), the
+    file is cut back to where it was, the records are kept in memory and written with the next
+    call that succeeds, a warning is given once, and :attr:`failed` holds the error: training
+    goes on, nothing already written is lost.
 
     Example::
 
@@ -122,56 +156,158 @@ class RecordWriter:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.pending: list[WindowRecord | LayerRecord] = []
+        self.failed: OSError | None = None
+        self.lost_writes = 0
+        self._tail_checked = False
 
-    def write(self, record: WindowRecord | LayerRecord) -> None:
-        self.write_many([record])
+    def write(self, record: WindowRecord | LayerRecord) -> bool:
+        return self.write_many([record])
 
-    def write_many(self, records: list[WindowRecord | LayerRecord]) -> None:
-        if not records:
-            return
-        data = "".join(to_json(r) + "\n" for r in records)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    def write_many(self, records: list[WindowRecord | LayerRecord]) -> bool:
+        """Append ``records`` (and any kept from a failed write); ``False`` if they stay in memory."""
+        todo = [*self.pending, *records]
+        if not todo:
+            return True
+        data = "".join(to_json(r) + "\n" for r in todo).encode("utf-8")
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                size = os.fstat(fd).st_size
+                if not self._tail_checked and size > 0 and not _ends_with_newline(self.path):
+                    data = b"\n" + data
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    os.fsync(fd)
+                except OSError:
+                    os.ftruncate(fd, size)  # no half-written line of ours stays behind
+                    raise
+            finally:
+                os.close(fd)
+        except OSError as err:
+            self.pending = todo
+            self.lost_writes += 1
+            self._tail_checked = False
+            if self.failed is None:
+                warnings.warn(
+                    f"lightning-green: cannot write {self.path} ({err.strerror or err}); keeping "
+                    f"{len(todo)} record(s) in memory and training on. They are written when the disk "
+                    "accepts them; the run is marked incomplete.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            self.failed = err
+            return False
+        self.pending = []
+        self._tail_checked = True
+        return True
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
-    """Write JSON so that a reader sees the old file or the new one, never half of one."""
+    """Write JSON so that a reader sees the old file or the new one, never half of one.
+
+    The temporary file's name is unique per process and call, so concurrent writers never share it.
+    On failure (a full disk) the temporary file is removed, the old file stays, and the error is raised.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True, allow_nan=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def iter_records(
     path: str | os.PathLike[str], kind: str | None = None
 ) -> Iterator[WindowRecord | LayerRecord]:
-    """Read records back. A torn last line (the process was killed mid-write) is skipped with a warning.
+    """Read records back.
+
+    A line that is not JSON (torn by a kill or a full disk, anywhere in the file) is skipped with a
+    warning; the rest of the file is read.
 
     Raises:
-        ValueError: If a line other than the last is not a valid record.
+        RecordError: If a line is JSON but not a valid record: an unknown ``kind`` or ``schema``,
+            a missing or misspelt field, an energy that is not a finite number >= 0. The message
+            names the file, the line and the field.
     """
     path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    torn = []
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
             data = json.loads(line)
-            cls = _KINDS[data["kind"]]
-            record = cls(**data)
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            if i == len(lines) - 1:
-                warnings.warn(f"{path}: skipping a torn last line ({err})", stacklevel=2)
-                continue
-            raise ValueError(f"{path}:{i + 1}: not a lightning-green record: {err}") from err
+        except json.JSONDecodeError:
+            torn.append(i + 1)
+            continue
+        record = _record(data, f"{path}:{i + 1}")
         if kind is None or record.kind == kind:
             yield record
+    if torn:
+        shown = ", ".join(map(str, torn[:5])) + (", ..." if len(torn) > 5 else "")
+        warnings.warn(
+            f"{path}: skipped {len(torn)} torn line(s) that are not JSON (line {shown}); "
+            "a kill or a full disk cut them",
+            stacklevel=2,
+        )
+
+
+def _record(data: Any, where: str) -> WindowRecord | LayerRecord:
+    if not isinstance(data, dict):
+        raise RecordError(f"{where}: not a lightning-green record (a JSON {type(data).__name__})")
+    schema = data.get("schema")
+    if isinstance(schema, bool) or schema not in SUPPORTED_SCHEMAS:
+        raise RecordError(
+            f"{where}: schema {schema!r} is not one this lightning-green reads ({', '.join(map(str, SUPPORTED_SCHEMAS))})"
+            "; a newer lightning-green wrote it: upgrade"
+        )
+    cls = _KINDS.get(data.get("kind"))  # type: ignore[arg-type]
+    if cls is None:
+        raise RecordError(f"{where}: kind {data.get('kind')!r} is not one of {', '.join(_KINDS)}")
+    try:
+        record = cls(**data)
+    except TypeError as err:
+        raise RecordError(f"{where}: not a valid {data['kind']} record ({err})") from None
+    if isinstance(record, WindowRecord):
+        _check_joules(where, "energy_j", record.energy_j)
+        _check_joules(where, "seconds", record.seconds)
+        for n, d in enumerate(record.domains):
+            if not isinstance(d, dict) or "joules" not in d:
+                raise RecordError(f"{where}: field domains[{n}] is not a domain reading")
+            if d["joules"] is not None:
+                _check_joules(where, f"domains[{n}].joules", d["joules"])
+        if not isinstance(record.complete, bool):
+            raise RecordError(f"{where}: field complete must be true or false, got {record.complete!r}")
+    else:
+        for name in ("joules_per_step", "share"):
+            v = getattr(record, name)
+            if v is not None and not _finite(v):
+                raise RecordError(f"{where}: field {name} must be a finite number or null, got {v!r}")
+    return record
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_joules(where: str, name: str, v: Any) -> None:
+    if not _finite(v) or v < 0:
+        raise RecordError(f"{where}: field {name} must be a finite number >= 0, got {v!r}")
 
 
 def read_windows(path: str | os.PathLike[str]) -> list[WindowRecord]:
@@ -186,7 +322,21 @@ def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = path / SUMMARY_FILE
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path)
+
+
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A JSON object from ``path``; a truncated or damaged file is a :class:`RecordError` naming it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise RecordError(
+            f"{path}: not valid JSON ({err.msg} at line {err.lineno}); the file is truncated or damaged"
+        ) from None
+    if not isinstance(data, dict):
+        raise RecordError(f"{path}: not a lightning-green file (a JSON {type(data).__name__})")
+    return data
 
 
 def find_runs(root: str | os.PathLike[str]) -> list[Path]:
@@ -223,6 +373,8 @@ class RunRecord:
     sources: dict[str, str]
     complete: bool
     epochs: int
+    #: Earlier runs (checkpoints) whose energy this run's totals include.
+    resumed_from: list[str] = field(default_factory=list)
     kind: str = "run"
     schema: int = SCHEMA_VERSION
 
@@ -234,5 +386,9 @@ def write_run(directory: str | os.PathLike[str], record: RunRecord) -> Path:
 
 
 def read_run(directory: str | os.PathLike[str]) -> RunRecord:
-    data = json.loads((Path(directory) / RUN_FILE).read_text(encoding="utf-8"))
-    return RunRecord(**data)
+    path = Path(directory) / RUN_FILE
+    data = read_json(path)
+    try:
+        return RunRecord(**data)
+    except TypeError as err:
+        raise RecordError(f"{path}: not a valid run record ({err})") from None

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from lightning_green.callbacks import EnergyMonitor
 from lightning_green.config import CONF_DIR, build, check_trainer, config_error, friendly_errors, to_container
+from lightning_green.energy.carbon import JOULES_PER_KWH
 from lightning_green.models import LitClassifier, count_params
 from lightning_green.records import RunRecord, write_run
 
@@ -73,6 +74,7 @@ def build_run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
             carbon_intensity_g_per_kwh=e.carbon_intensity_g_per_kwh,
             pue=e.pue,
             watts_per_core=e.watts_per_core,
+            rapl_root=e.rapl_root,
         )
     except ValueError as err:
         raise config_error("energy", err) from err
@@ -123,6 +125,7 @@ def run_training(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = No
         sources=dict(m.sources),
         complete=m.incomplete_windows == 0,
         epochs=len(m.epoch_j),
+        resumed_from=list(m.resumed_from),
     )
     if run.trainer.is_global_zero:
         write_run(cfg.output_dir, record)
@@ -155,7 +158,7 @@ def print_summary(record: RunRecord, output_dir: str) -> None:
     table = Table(title="lightning-green run", show_header=False)
     table.add_row("overrides", " ".join(record.overrides) or "(defaults)")
     table.add_row("test accuracy", f"{record.test_acc:.4f}" if record.test_acc is not None else "-")
-    table.add_row("training energy", f"{record.energy_j:,.1f} J ({record.energy_j / 3.6e6:.3g} kWh)")
+    table.add_row("training energy", f"{record.energy_j:,.1f} J ({record.energy_j / JOULES_PER_KWH:.3g} kWh)")
     table.add_row("total energy (with test)", f"{record.total_j:,.1f} J, {record.co2e_g:.3g} g CO2e")
     table.add_row("source", ", ".join(f"{d}: {s}" for d, s in record.sources.items()))
     table.add_row("complete", "yes" if record.complete else "NO: a counter failed, see energy.jsonl")

@@ -129,9 +129,9 @@ def test_missing_dataset_says_where_it_looked(tmp_path: Path):
         ("model.conv_layers=-1", r"model\.conv_layers must be an integer >= 1"),
         ("model.activation=tanh", r"model\.activation must be one of relu, none"),
         ("trainer.max_epochs=0", r"trainer\.max_epochs must be an integer >= 1"),
-        ("optimizer.beta1=1.5", r"optimizer\.beta1 must be in \(0.0, 1.0\)"),
+        ("optimizer.beta1=1.5", r"optimizer\.beta1 must be a finite number in \(0, 1\)"),
         ("energy.backend=watts", r"energy\.backend must be one of auto, zeus, nvml, rapl, estimate"),
-        ("energy.pue=0.5", r"energy\.pue must be a number >= 1.0"),
+        ("energy.pue=0.5", r"energy\.pue must be a finite number >= 1"),
         ("data.batch_size=0", r"data\.batch_size must be an integer >= 1"),
     ],
 )

@@ -141,7 +141,7 @@ class FakeNvml:
 
 def test_nvml_counter(monkeypatch):
     fake = FakeNvml(monkeypatch)
-    meter = NvmlMeter([1], sync=False)
+    meter = NvmlMeter([1], sync=False, sync_reads=True)
     meter.start()
     fake.mj[1] += 2_500.0
     fake.mj[0] += 99_999.0  # not ours
@@ -152,7 +152,7 @@ def test_nvml_counter(monkeypatch):
 def test_nvml_maps_cuda_visible_devices(monkeypatch):
     fake = FakeNvml(monkeypatch, gpus=4)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,2")
-    meter = NvmlMeter([0], sync=False)  # logical 0 is physical 3
+    meter = NvmlMeter([0], sync=False, sync_reads=True)  # logical 0 is physical 3
     meter.start()
     fake.mj[3] += 1_000.0
     assert meter.stop().joules == pytest.approx(1.0)
@@ -160,11 +160,15 @@ def test_nvml_maps_cuda_visible_devices(monkeypatch):
 
 def test_nvml_failure_mid_run_marks_incomplete(monkeypatch):
     fake = FakeNvml(monkeypatch, gpus=1)
-    meter = NvmlMeter([0], sync=False)
-    meter.start()
-    fake.fail = True
-    r = meter.stop()
-    assert not r.complete and r.domains[0].joules is None
+    for sync_reads in (True, False):
+        fake.fail = False
+        meter = NvmlMeter([0], sync=False, sync_reads=sync_reads, sample_interval_s=0.01)
+        meter.start()
+        fake.fail = True
+        time.sleep(0.05)  # the background reads fail too
+        r = meter.stop()
+        meter.close()
+        assert not r.complete and r.domains[0].joules is None
 
 
 def test_nvml_power_sampling_without_counter(monkeypatch):
@@ -193,17 +197,18 @@ def test_auto_prefers_rapl(rapl_tree: Path):
     meter.close()
 
 
-def test_auto_uses_nvml_when_zeus_fails(monkeypatch, tmp_path: Path):
+def test_auto_reads_the_gpu_through_nvml_off_the_training_thread(monkeypatch, tmp_path: Path):
     FakeNvml(monkeypatch, gpus=1)
-    import lightning_green.energy.select as select
-
-    def no_zeus(*a, **k):
-        raise MeterUnavailableError("no zeus here")
-
-    monkeypatch.setattr(select, "ZeusMeter", no_zeus)
     meter = make_meter("auto", gpu_indices=[0], rapl_root=tmp_path / "none")
-    assert [c.source for c in meter.channels] == ["measured:nvml", "estimated:cpu-time"]
-    assert "zeus unavailable" in meter.describe()
+    try:
+        assert [c.source for c in meter.channels] == ["measured:nvml", "estimated:cpu-time"]
+        assert meter.meters[0].edge_reads == "sampled"
+        assert "interpolated between background counter samples" in meter.assumptions["nvml_edges"]
+    finally:
+        meter.close()
+    direct = make_meter("auto", gpu_indices=[0], rapl_root=tmp_path / "none", sync_reads=True)
+    assert direct.meters[0].edge_reads == "direct"
+    direct.close()
 
 
 def test_rank_other_than_local_zero_skips_node_counters(rapl_tree: Path):

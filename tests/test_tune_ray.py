@@ -118,14 +118,19 @@ def test_crashed_trials_are_retried_then_reported_failed(tmp_path: Path):
 
 def test_interrupted_study_resumes_without_rerunning_finished_trials(tmp_path: Path):
     out = tmp_path / "study"
-    args = f"tune.num_samples=4 tune.max_concurrent=1 trainer.max_epochs=2 hydra.run.dir={out}"
+    args = f"tune.num_samples=4 tune.max_concurrent=1 trainer.max_epochs=6 hydra.run.dir={out}"
+    # Interrupt once two trials finished and a third is part-way (its first epochs are recorded).
     bash(f"""
         lightning-green tune {args} > first.log 2>&1 &
         pid=$!
         for i in $(seq 1 1200); do
           n=$( (ls {out}/ray/study/*/run.json 2>/dev/null || true) | wc -l)
-          [ "$n" -ge 2 ] && break
-          sleep 0.1
+          part=0
+          for d in {out}/ray/study/*/; do
+            if [ -f "$d/energy.jsonl" ] && [ ! -f "$d/run.json" ] && grep -q '"stage": "train"' "$d/energy.jsonl"; then part=1; fi
+          done
+          [ "$n" -ge 2 ] && [ "$part" = 1 ] && break
+          sleep 0.05
         done
         kill -INT $pid
         wait $pid || true
@@ -139,9 +144,15 @@ def test_interrupted_study_resumes_without_rerunning_finished_trials(tmp_path: P
     assert 2 <= len(before) < 4
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) == 4 and (trials["status"] == "TERMINATED").all() and trials["finished"].all()
-    assert json.loads((out / "study.json").read_text()).get("resumed") is True
+    meta = json.loads((out / "study.json").read_text())
+    assert meta.get("resumed") is True
     for path, run_id in zip(before, ids_before, strict=True):
         assert read_run(Path(path).parent).run_id == run_id  # the finished trial was not trained again
+    # The interrupted attempt's energy is kept (in the study folder) and counted, labelled apart.
+    assert list((out / "attempts").rglob("*.jsonl"))
+    assert meta["other_attempts_j"] > 0
+    assert meta["energy_used_j"] == pytest.approx(meta["trials_energy_j"] + meta["other_attempts_j"])
+    assert trials["other_attempts_j"].sum() == pytest.approx(meta["other_attempts_j"])
 
 
 def test_asha_stops_weak_trials_and_the_energy_budget_stops_the_study(tmp_path: Path):

@@ -1,6 +1,8 @@
-"""Lightning callbacks that turn meter readings into records and logged metrics."""
+"""Lightning callbacks that turn meter readings into records and logged metrics, and act on them."""
 
+from lightning_green.callbacks.energy_budget import EnergyBudget
+from lightning_green.callbacks.energy_efficient_stopping import EnergyEfficientStopping
 from lightning_green.callbacks.energy_monitor import EnergyMonitor
 from lightning_green.callbacks.layer_profiler import LayerEnergyProfiler
 
-__all__ = ["EnergyMonitor", "LayerEnergyProfiler"]
+__all__ = ["EnergyBudget", "EnergyEfficientStopping", "EnergyMonitor", "LayerEnergyProfiler"]

@@ -10,6 +10,7 @@ import os
 import socket
 import time
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,13 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_green.energy import BACKENDS, DEFAULT_WATTS_PER_CORE, CarbonModel, Meter, Reading, make_meter
+from lightning_green._checks import check_bool, check_int, check_number
+from lightning_green.callbacks.forecast import FitForecaster, Forecast
+from lightning_green.energy import DEFAULT_WATTS_PER_CORE, CarbonModel, Meter, Reading, make_meter
 from lightning_green.energy.carbon import DEFAULT_INTENSITY_G_PER_KWH, DEFAULT_PUE
 from lightning_green.energy.rapl import DEFAULT_ROOT
 from lightning_green.energy.reading import DomainEnergy, merge_parallel, merge_readings
+from lightning_green.energy.select import check_backend
 from lightning_green.records import (
     RECORDS_FILE,
     SUMMARY_FILE,
@@ -110,18 +114,30 @@ class EnergyMonitor(Callback):
         watts_per_core: float = DEFAULT_WATTS_PER_CORE,
         rapl_root: str | os.PathLike[str] = DEFAULT_ROOT,
         log: bool = True,
+        sync_reads: bool = False,
+        forecast_warmup_steps: int = 10,
+        forecast_every_n_steps: int | None = None,
     ) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-        if not isinstance(watts_per_core, (int, float)) or not watts_per_core > 0:
-            raise ValueError(f"watts_per_core must be a positive number of watts, got {watts_per_core!r}")
+        check_backend(backend)
+        self.sync_reads = check_bool("sync_reads", sync_reads)
+        self.forecast_warmup_steps = check_int("forecast_warmup_steps", forecast_warmup_steps, 0)
+        self.forecast_every_n_steps = (
+            None
+            if forecast_every_n_steps is None
+            else check_int("forecast_every_n_steps", forecast_every_n_steps, 1)
+        )
+        check_bool("log", log)
+        self.watts_per_core = check_number("watts_per_core", watts_per_core, above=0.0, unit="watts")
         self.carbon = CarbonModel(carbon_intensity_g_per_kwh, pue)
         self.backend = backend
         self.output_dir = Path(output_dir) if output_dir is not None else None
-        self.watts_per_core = float(watts_per_core)
         self.rapl_root = rapl_root
         self.log_metrics = log
         self.run_id = uuid.uuid4().hex[:12]
+        self.resumed_from: list[str] = []  # run ids whose energy this run's totals carry (checkpoints)
+        self.previous_run_id: str | None = None  # the run of this monitor's previous fit
+        self._fits = 0
+        self.ended_by: str | None = None
         self.meter: Meter | None = None
         self._writer: RecordWriter | None = None
         self._is_writer = False
@@ -133,6 +149,7 @@ class EnergyMonitor(Callback):
         self._paused_train = False
         self._epoch_val_j = 0.0
         self._summary_at = -math.inf
+        self._warned_summary = False
 
     def _reset_totals(self) -> None:
         self.total_j = 0.0
@@ -143,10 +160,32 @@ class EnergyMonitor(Callback):
         self.incomplete_windows = 0
         self.epoch_j: list[float] = []  # train + its validation, per completed epoch
         self.forecast_fit_j: float | None = None
+        self.interrupted_windows = 0
+        self.carried_j = 0.0  # energy carried over from a checkpoint's run(s)
+        self.forecast: Forecast | None = None
+        self.stopped_by: str | None = None
+        self._forecaster = FitForecaster()
+        self._batches = 0  # training batches in this fit
+        self._batch_offset = 0  # batches of the epochs a resumed fit skipped
+        self._warm_at: int | None = None
+        self._fit_train_j = 0.0  # training energy of this fit's closed train windows
+        self._val_runs = 0
+        self._val_run_j = 0.0
+        self._failed_stages: set[str] = set()
+        self._warned_meter = False
 
     # ------------------------------------------------------------------ set-up
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            if self._fits:
+                # A second fit with the same monitor is a new run: its own run_id and totals, never
+                # a mix of two fits' epochs. ``previous_run_id`` links them.
+                self.previous_run_id, self.run_id = self.run_id, uuid.uuid4().hex[:12]
+                self.resumed_from = []
+                self._reset_totals()
+            self._fits += 1
+            self.ended_by = None
         if self.meter is not None:
             return
         self._world_size = trainer.world_size
@@ -164,6 +203,7 @@ class EnergyMonitor(Callback):
             rapl_root=self.rapl_root,
             # Under DDP the other ranks may be rank 0's children: each rank counts only itself.
             include_children=trainer.world_size == 1,
+            sync_reads=self.sync_reads,
         )
         self._is_writer = trainer.is_global_zero
         if self._is_writer:
@@ -177,36 +217,108 @@ class EnergyMonitor(Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.meter is None:
             return
-        # Close windows an exception left open, so their energy is still recorded as incomplete.
-        for name in list(self._segments):
-            if self.meter.is_open(name):
-                self._segments[name].append(self.meter.end_window(name))
+        self._close_open_windows(trainer, reason="teardown")
+        self._write_summary(finished=self.ended_by is None)
+        self._release()
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        """A crash or Ctrl-C: record the open windows as interrupted, rewrite the summary, free the meter.
+
+        Lightning calls no ``teardown`` after an exception, so this is where nothing may be lost.
+        """
+        reason = f"{type(exception).__name__}: {exception}"[:300]
+        self.ended_by = reason
+        if self.meter is None:
+            return
+        try:
+            self._close_open_windows(trainer, reason=reason)
+        finally:
+            self._write_summary(finished=False)
+            self._release()
+
+    def _close_open_windows(self, trainer: pl.Trainer, reason: str) -> None:
+        """Record windows still open (or paused) as interrupted records: their energy is not dropped."""
+        for stage in list(self._segments):
+            self._finish(trainer, stage, interrupted=reason)
         self._segments.clear()
         self._paused_train = False
-        self._write_summary(finished=True)
-        self.meter.close()
-        self.meter = None
+
+    def _release(self) -> None:
+        meter, self.meter = self.meter, None
+        if meter is not None:
+            try:
+                meter.close()
+            except Exception as err:  # a meter that fails to close must not hide the real outcome
+                rank_zero_warn(f"lightning-green: closing the meter failed ({err!r})")
 
     # ------------------------------------------------------------------ windows
     def _begin(self, stage: str) -> None:
-        assert self.meter is not None
+        if self.meter is None:
+            return
         self._segments.setdefault(stage, [])
-        self.meter.begin_window(stage)
+        try:
+            self.meter.begin_window(stage)
+        except Exception as err:  # a failing meter never ends training: the window is recorded as failed
+            self._meter_failed(stage, err)
 
     def _pause(self, stage: str) -> None:
         assert self.meter is not None
-        self._segments[stage].append(self.meter.end_window(stage))
+        reading = self._end_segment(stage)
+        if reading is not None:
+            self._segments[stage].append(reading)
 
-    def _finish(self, trainer: pl.Trainer, stage: str) -> Reading | None:
-        """Close window ``stage``, merge ranks, record it; returns the merged reading."""
+    def _end_segment(self, stage: str, settle: bool = False) -> Reading | None:
+        assert self.meter is not None
+        if not self.meter.is_open(stage):
+            return None
+        try:
+            return self.meter.end_window(stage, settle=settle)
+        except Exception as err:
+            self._meter_failed(stage, err)
+            return None
+
+    def _meter_failed(self, stage: str, err: Exception) -> None:
+        self._failed_stages.add(stage)
+        if not self._warned_meter:
+            self._warned_meter = True
+            rank_zero_warn(
+                f"lightning-green: the meter failed in the {stage} window ({err!r}); the window is recorded "
+                "as incomplete with no figure and training goes on. Further meter failures are not warned about."
+            )
+        if self.meter is not None:
+            self.meter.discard_window(stage)  # leave no half-open window behind
+
+    def _finish(
+        self, trainer: pl.Trainer, stage: str, interrupted: str | None = None, settle: bool = False
+    ) -> Reading | None:
+        """Close window ``stage``, merge ranks, record it; returns the merged reading.
+
+        ``settle``: the last window of a fit (or a test run) waits for the counter sample after
+        its end instead of extrapolating to it (background-sampled meters only).
+        """
         if self.meter is None or stage not in self._segments:
             return None
         segments = self._segments.pop(stage)
-        if self.meter.is_open(stage):
-            segments.append(self.meter.end_window(stage))
+        last = self._end_segment(stage, settle=settle)
+        if last is not None:
+            segments.append(last)
+        failed = stage in self._failed_stages
+        self._failed_stages.discard(stage)
+        if failed or not segments:
+            # No usable reading: an explicit incomplete window with no figure (never a silent zero).
+            now = time.time()
+            start = segments[0].start_time if segments else now
+            failed_domains = tuple(
+                DomainEnergy(c.domain, c.device, None, c.source, complete=False) for c in self.meter.channels
+            )
+            failed_domains = failed_domains or (DomainEnergy("unknown", "-", None, "failed", False),)
+            segments = [*segments, Reading(start, now, 0.0, failed_domains)]
         local = merge_readings(segments)
         reading = self._gather(trainer, local)
-        self._account(trainer, stage, reading)
+        self._account(trainer, stage, reading, interrupted=interrupted)
         return reading
 
     def _gather(self, trainer: pl.Trainer, local: Reading) -> Reading:
@@ -228,14 +340,24 @@ class EnergyMonitor(Callback):
             per_rank.append(Reading(r.start_time, r.end_time, r.seconds, domains, r.assumptions))
         return merge_parallel(per_rank)
 
-    def _account(self, trainer: pl.Trainer, stage: str, reading: Reading) -> None:
+    def _account(
+        self, trainer: pl.Trainer, stage: str, reading: Reading, interrupted: str | None = None
+    ) -> None:
         j = reading.joules
         self.total_j += j
+        if stage == _TRAIN:
+            self._fit_train_j += j
+        elif stage == _VAL:
+            self._val_runs += 1
+            self._val_run_j += j
         self.stage_j[stage] = self.stage_j.get(stage, 0.0) + j
         self.stage_s[stage] = self.stage_s.get(stage, 0.0) + reading.seconds
         self.windows += 1
         for domain, source in reading.sources.items():
-            self.sources[domain] = source
+            if domain != "unknown":
+                self.sources[domain] = source
+        if interrupted is not None:
+            self.interrupted_windows += 1
         if not reading.complete:
             self.incomplete_windows += 1
             if not self._warned_incomplete:
@@ -246,16 +368,18 @@ class EnergyMonitor(Callback):
                     "says complete=false and training goes on. Further incomplete windows are not warned about."
                 )
         if self._is_writer and self._writer is not None:
-            self._writer.write(
-                WindowRecord.from_reading(
-                    reading,
-                    run_id=self.run_id,
-                    stage=stage,
-                    epoch=trainer.current_epoch,
-                    global_step=trainer.global_step,
-                    world_size=self._world_size,
-                )
+            record = WindowRecord.from_reading(
+                reading,
+                run_id=self.run_id,
+                stage=stage,
+                epoch=trainer.current_epoch,
+                global_step=trainer.global_step,
+                world_size=self._world_size,
             )
+            if interrupted is not None:
+                record.complete = False
+                record.interrupted = interrupted
+            self._writer.write(record)
             # energy.jsonl is the crash-safe record; the summary (derivable from it) is refreshed
             # at most every SUMMARY_EVERY_S so that short epochs do not pay for a second fsync.
             if time.monotonic() - self._summary_at >= SUMMARY_EVERY_S:
@@ -264,11 +388,14 @@ class EnergyMonitor(Callback):
     def _log(self, trainer: pl.Trainer, metrics: dict[str, float], reading: Reading) -> None:
         if not self.log_metrics:
             return
+        # The running total includes the training of the epoch so far (paused around validation),
+        # so a tool reading it at validation end (Ray's callbacks, EarlyStopping) sees every joule.
+        total = self.total_j + self._paused_train_j()
         metrics = {
             **metrics,
-            "energy/total_j": self.total_j,
-            "energy/total_kwh": self.carbon.kwh(self.total_j),
-            "energy/co2e_g": self.carbon.co2e_g(self.total_j),
+            "energy/total_j": total,
+            "energy/total_kwh": self.carbon.kwh(total),
+            "energy/co2e_g": self.carbon.co2e_g(total),
             "energy/complete": float(reading.complete),
         }
         # Straight to the loggers (float64, one call each) rather than LightningModule.log, whose
@@ -277,41 +404,122 @@ class EnergyMonitor(Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
         trainer.callback_metrics.update({k: torch.tensor(v, dtype=torch.float64) for k, v in metrics.items()})
 
+    # ------------------------------------------------------------------ running figures
+    def _paused_train_j(self) -> float:
+        return sum(r.joules for r in self._segments.get(_TRAIN, ()))
+
+    def _open_j(self, stage: str) -> float:
+        """Energy of the open segment of window ``stage`` so far (0 when closed or unreadable)."""
+        if self.meter is None or not self.meter.is_open(stage):
+            return 0.0
+        try:
+            r = self.meter.peek(stage)
+        except Exception:
+            return 0.0
+        return r.joules if r is not None else 0.0
+
+    def spent_j(self) -> float:
+        """Energy of this run so far, open windows included, in joules (cheap: no device sync).
+
+        Rank-local under DDP until the window closes and the ranks' readings are merged.
+        """
+        pending = sum(r.joules for segs in self._segments.values() for r in segs)
+        return self.total_j + pending + sum(self._open_j(stage) for stage in list(self._segments))
+
+    def note_stop(self, reason: str) -> None:
+        """Record why a callback asked the fit to stop (written to the summary as ``stopped_by``)."""
+        self.stopped_by = reason
+
     # ------------------------------------------------------------------ train
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        nb = trainer.num_training_batches
+        finite = isinstance(nb, int) or (isinstance(nb, float) and math.isfinite(nb))
+        self._batch_offset = trainer.current_epoch * int(nb) if finite else 0
+        w = self.forecast_warmup_steps
+        self._warm_at = min(w, max(1, int(nb) // 4)) if finite else w
+        if self._warm_at == 0:
+            self._forecaster.warm(self._batch_offset, 0.0)
+
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_val_j = 0.0
         self._begin(_TRAIN)
 
     @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._batches += 1
+        if not self._forecaster.is_warm:
+            if self._batches >= (self._warm_at or 0):
+                self._forecaster.warm(self._batch_offset + self._batches, self._train_j_now())
+            return
+        n = self.forecast_every_n_steps
+        due = (
+            (self._batches - self._warm_at) % n == 0
+            if n is not None
+            else self._batches == 2 * self._warm_at  # one forecast inside the first epoch
+        )
+        if due:
+            self._update_forecast(trainer, mid_epoch=True)
+
+    def _train_j_now(self) -> float:
+        return self._fit_train_j + self._paused_train_j() + self._open_j(_TRAIN)
+
+    def _update_forecast(self, trainer: pl.Trainer, mid_epoch: bool) -> None:
+        f = self._forecaster.predict(
+            spent_j=self.spent_j() if mid_epoch else self.total_j,
+            batches=self._batch_offset + self._batches,
+            train_j=self._train_j_now() if mid_epoch else self._fit_train_j,
+            total_batches=_total_batches(trainer),
+            val_j_per_run=self._val_run_j / self._val_runs if self._val_runs else None,
+            val_runs_left=self._val_runs_left(trainer),
+            val_batches_per_run=_val_batches(trainer),
+        )
+        if f is None:
+            return
+        self.forecast, self.forecast_fit_j = f, f.fit_j
+        if mid_epoch and self.log_metrics:
+            metrics = {
+                "energy/forecast_fit_j": f.fit_j,
+                "energy/forecast_fit_low_j": f.low_j,
+                "energy/forecast_fit_high_j": f.high_j,
+            }
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+            trainer.callback_metrics.update(
+                {k: torch.tensor(v, dtype=torch.float64) for k, v in metrics.items()}
+            )
+
+    def _val_runs_left(self, trainer: pl.Trainer) -> float:
+        nb = trainer.num_training_batches
+        total = _total_batches(trainer)
+        if not _val_batches(trainer) or not math.isfinite(total) or not nb or not math.isfinite(nb):
+            return 0.0
+        per_epoch = max(1, int(nb) // max(1, int(trainer.val_check_batch or nb))) / (
+            trainer.check_val_every_n_epoch or 1
+        )
+        done = self._val_runs + (self._batch_offset / nb) * per_epoch
+        return max(0.0, per_epoch * total / nb - done)
+
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        reading = self._finish(trainer, _TRAIN)
+        reading = self._finish(trainer, _TRAIN, settle=_last_epoch(trainer))
         if reading is None:
             return
         self.epoch_j.append(reading.joules + self._epoch_val_j)
-        self.forecast_fit_j = self._forecast(trainer)
+        self._update_forecast(trainer, mid_epoch=False)
         metrics = {
             "energy/train_epoch_j": reading.joules,
             "time/train_epoch_s": reading.seconds,
             "power/train_avg_w": reading.watts,
         }
-        if self.forecast_fit_j is not None:
-            metrics["energy/forecast_fit_j"] = self.forecast_fit_j
+        if self.forecast is not None:
+            metrics["energy/forecast_fit_j"] = self.forecast.fit_j
+            metrics["energy/forecast_fit_low_j"] = self.forecast.low_j
+            metrics["energy/forecast_fit_high_j"] = self.forecast.high_j
         self._log(trainer, metrics, reading)
-
-    def _forecast(self, trainer: pl.Trainer) -> float | None:
-        done = trainer.current_epoch + 1
-        remaining: list[float] = []
-        if trainer.max_epochs is not None and trainer.max_epochs >= 0:
-            remaining.append(max(0, trainer.max_epochs - done))
-        batches = trainer.num_training_batches
-        if trainer.max_steps is not None and trainer.max_steps > 0 and batches and math.isfinite(batches):
-            left_steps = max(0, trainer.max_steps - trainer.global_step)
-            remaining.append(math.ceil(left_steps / batches))
-        if not remaining or not self.epoch_j:
-            return None
-        recent = self.epoch_j[-3:]
-        return self.total_j + min(remaining) * (sum(recent) / len(recent))
 
     # ------------------------------------------------------------------ validation
     @override
@@ -343,7 +551,7 @@ class EnergyMonitor(Callback):
 
     @override
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        reading = self._finish(trainer, _TEST)
+        reading = self._finish(trainer, _TEST, settle=True)
         if reading is not None:
             self._log(trainer, {"energy/test_j": reading.joules}, reading)
 
@@ -353,15 +561,20 @@ class EnergyMonitor(Callback):
 
     @override
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._finish(trainer, _PRED)
+        self._finish(trainer, _PRED, settle=True)
 
     # ------------------------------------------------------------------ files and state
     def summary(self) -> dict[str, Any]:
         """The totals, as written to ``energy_summary.json``."""
         meter = self.meter
+        writer = self._writer
+        records_lost = writer is not None and bool(writer.pending)
         return {
             "schema": 1,
             "run_id": self.run_id,
+            "resumed_from": list(self.resumed_from),
+            "previous_run_id": self.previous_run_id,
+            "carried_over_j": self.carried_j,
             "host": socket.gethostname(),
             "world_size": self._world_size,
             "meter": meter.describe() if meter is not None else None,
@@ -376,16 +589,34 @@ class EnergyMonitor(Callback):
             "sources": dict(self.sources),
             "windows": self.windows,
             "incomplete_windows": self.incomplete_windows,
-            "complete": self.incomplete_windows == 0,
+            "interrupted_windows": self.interrupted_windows,
+            "records_unwritten": len(writer.pending) if writer is not None else 0,
+            "complete": self.incomplete_windows == 0 and self.interrupted_windows == 0 and not records_lost,
             "epochs": len(self.epoch_j),
             "forecast_fit_j": self.forecast_fit_j,
-            "total_covers": "sum of the measured windows (sanity check, train epochs, validation, test, predict)",
+            "forecast": asdict(self.forecast) if self.forecast is not None else None,
+            "ended_by": self.ended_by,
+            "stopped_by": self.stopped_by,
+            "total_covers": "sum of the measured windows (sanity check, train epochs, validation, test, predict)"
+            + (
+                f" of this run and of the run(s) it resumed from ({', '.join(self.resumed_from)})"
+                if self.resumed_from
+                else ""
+            ),
         }
 
     def _write_summary(self, finished: bool) -> None:
-        if self._is_writer and self.output_dir is not None:
-            self._summary_at = time.monotonic()
+        if not (self._is_writer and self.output_dir is not None):
+            return
+        self._summary_at = time.monotonic()
+        try:
             write_json_atomic(self.output_dir / SUMMARY_FILE, {**self.summary(), "finished": finished})
+        except (OSError, ValueError) as err:  # the last good summary stays; energy.jsonl has the records
+            if not self._warned_summary:
+                self._warned_summary = True
+                rank_zero_warn(
+                    f"lightning-green: cannot rewrite {SUMMARY_FILE} ({err}); the last good one stays"
+                )
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -396,6 +627,7 @@ class EnergyMonitor(Callback):
             pending = sum(r.joules for r in self._segments[_TRAIN])
         return {
             "run_id": self.run_id,
+            "resumed_from": list(self.resumed_from),
             "total_j": self.total_j + pending,
             "stage_j": {**self.stage_j, _TRAIN: self.stage_j.get(_TRAIN, 0.0) + pending},
             "stage_s": dict(self.stage_s),
@@ -407,6 +639,10 @@ class EnergyMonitor(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("run_id")
+        lineage = [*state_dict.get("resumed_from", []), *([old] if old else [])]
+        self.resumed_from = [r for r in lineage if r != self.run_id]
+        self.carried_j = float(state_dict["total_j"])
         self.total_j = float(state_dict["total_j"])
         self.stage_j = dict(state_dict["stage_j"])
         self.stage_s = dict(state_dict["stage_s"])
@@ -414,6 +650,32 @@ class EnergyMonitor(Callback):
         self.windows = int(state_dict["windows"])
         self.incomplete_windows = int(state_dict["incomplete_windows"])
         self.epoch_j = list(state_dict["epoch_j"])
+
+
+def _total_batches(trainer: pl.Trainer) -> float:
+    """Training batches the whole fit runs (``inf`` when it has no known end)."""
+    nb = trainer.num_training_batches
+    out: list[float] = []
+    if trainer.max_epochs is not None and trainer.max_epochs >= 0 and nb and math.isfinite(nb):
+        out.append(trainer.max_epochs * nb)
+    if trainer.max_steps is not None and trainer.max_steps > 0:
+        out.append(trainer.max_steps * trainer.accumulate_grad_batches)
+    return min(out) if out else math.inf
+
+
+def _val_batches(trainer: pl.Trainer) -> float:
+    n = sum(b for b in trainer.num_val_batches if math.isfinite(b)) if trainer.num_val_batches else 0
+    return float(n) if trainer.enable_validation else 0.0
+
+
+def _last_epoch(trainer: pl.Trainer) -> bool:
+    ends = (
+        trainer.max_epochs is not None
+        and trainer.max_epochs >= 0
+        and trainer.current_epoch + 1 >= trainer.max_epochs
+    )
+    steps = trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step
+    return bool(ends or steps or trainer.should_stop)
 
 
 def _default_output_dir(trainer: pl.Trainer) -> Path:

@@ -9,6 +9,7 @@ import copy
 import math
 import os
 import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,15 +18,16 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from lightning_green._checks import check_bool, check_number
 from lightning_green._checks import check_int as _check_int
 from lightning_green.callbacks.energy_monitor import DEFAULT_OUTPUT_DIR, EnergyMonitor
 from lightning_green.callbacks.layer_types import LAYER_TYPES, layer_type
-from lightning_green.energy import BACKENDS, Meter, make_meter
+from lightning_green.energy import Meter, check_backend, make_meter
 from lightning_green.records import RECORDS_FILE, LayerRecord, RecordWriter
 
 MODES = ("allocate", "replay")
@@ -69,6 +71,7 @@ class _LayerStats:
     calls: int = 0
     flops_per_call: int = 0
     replay_j_per_call: float | None = None
+    replay_note: str = ""
     sample_input: torch.Tensor | None = None
     # marks of the step in flight
     fwd: list[tuple[Any, Any]] = field(default_factory=list)
@@ -169,11 +172,17 @@ class LayerEnergyProfiler(Callback):
             _check_int("every_n_steps", every_n_steps, profile_steps)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-        if not isinstance(replay_window_s, (int, float)) or not replay_window_s > 0:
-            raise ValueError(f"replay_window_s must be a positive number of seconds, got {replay_window_s!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        check_number("replay_window_s", replay_window_s, above=0.0, unit="seconds")
+        check_backend(backend)
+        if meter is not None and not isinstance(meter, Meter):
+            raise ValueError(
+                f"meter must be a lightning_green.energy.Meter (e.g. make_meter({meter!r})) or None; "
+                f"got {meter!r}: to choose a backend by name, pass backend={meter!r}"
+                if isinstance(meter, str)
+                else f"meter must be a lightning_green.energy.Meter or None; got {meter!r}"
+            )
         _check_int("top_layers", top_layers, 1)
+        check_bool("plot", plot)
         self.warmup_steps, self.profile_steps, self.every_n_steps = warmup_steps, profile_steps, every_n_steps
         self.mode, self.replay_window_s, self.backend = mode, float(replay_window_s), backend
         self.output_dir = Path(output_dir) if output_dir is not None else None
@@ -193,6 +202,13 @@ class LayerEnergyProfiler(Callback):
         self.step_seconds = 0.0  # the profiled steps themselves
         self.window_joules = 0.0  # measured over whole profiling windows (steps + the gaps between)
         self.window_seconds = 0.0
+        self.measured_steps = 0  # profiled steps inside windows that were measured
+        self._window_steps = 0
+        self.failed_windows = 0  # windows whose meter failed or whose counter did not move
+        self.written: list[str] = []  # the files of the last successful write, for the commands to list
+        self._run_id = uuid.uuid4().hex[:12]  # names this profiler's files when no EnergyMonitor runs
+        self.problems: list[str] = []  # why (shown in the rows' ``note``)
+        self._warned_meter = False
         self._window_layer_s: dict[str, float] = {}
         self._warned_short = False
         self._writer_rank = False
@@ -343,9 +359,15 @@ class LayerEnergyProfiler(Callback):
             return
         meter = self._ensure_meter(trainer)
         if not self.attached:
+            try:
+                meter.begin_window(_WINDOW)  # synchronises the device
+            except Exception as err:  # a measurement failure never ends training
+                meter.discard_window(_WINDOW)
+                self._meter_failed(err)
+                return
             self._attach()
             self._window_layer_s = dict.fromkeys(self._layers, 0.0)
-            meter.begin_window(_WINDOW)  # synchronises the device
+            self._window_steps = 0
         self._batch_size = _batch_size(batch)
         self._in_step = True
         self._step_start = self._clock.mark()
@@ -368,6 +390,7 @@ class LayerEnergyProfiler(Callback):
             self._window_layer_s[s.name] += f + b
             s.fwd.clear(), s.bwd.clear(), s.fwd_open.clear(), s.bwd_open.clear()
         self.steps += 1
+        self._window_steps += 1
         self.samples += self._batch_size
         if not self.is_profiled_step(trainer.global_step):  # the window is over (global_step advanced)
             self._end_window(trainer)
@@ -378,7 +401,22 @@ class LayerEnergyProfiler(Callback):
             return
         self._detach()
         assert self._meter is not None
-        reading = self._meter.end_window(_WINDOW)
+        try:
+            reading = self._meter.end_window(_WINDOW)
+        except Exception as err:  # a measurement failure never ends training: this window has no figure
+            self._meter.discard_window(_WINDOW)
+            self._meter_failed(err)
+            self._forget_window()
+            return
+        if not reading.complete or not reading.joules > 0:
+            why = (
+                "the meter's counter failed in the profiling window"
+                if not reading.complete
+                else f"the profiling window ({reading.seconds:.3f} s) measured 0 J: the counter did not advance"
+            )
+            self._note(why)
+            self._forget_window()
+            return
         self._source = "+".join(sorted(set(reading.sources.values()))) or "none"
         # Allocation: a layer's share of the window's energy is its share of the window's time. If
         # layer times add up past the window (overlapping async GPU work), scale to their sum.
@@ -388,6 +426,7 @@ class LayerEnergyProfiler(Callback):
             self._layers[name].joules += reading.joules * t / denom if denom > 0 else 0.0
         self.window_joules += reading.joules
         self.window_seconds += reading.seconds
+        self.measured_steps += self._window_steps
         if reading.seconds < MIN_WINDOW_S and self._source.startswith("measured") and not self._warned_short:
             self._warned_short = True
             rank_zero_warn(
@@ -396,6 +435,30 @@ class LayerEnergyProfiler(Callback):
                 "Raise profile_steps, or use mode='replay'."
             )
         self._publish(trainer)
+
+    def _meter_failed(self, err: Exception) -> None:
+        self._note(f"the meter failed ({err!r})")
+
+    def _note(self, why: str) -> None:
+        self.failed_windows += 1
+        if why not in self.problems:
+            self.problems.append(why)
+        if not self._warned_meter:
+            self._warned_meter = True
+            rank_zero_warn(f"LayerEnergyProfiler: {why}; that window has no figure and training goes on.")
+
+    def _forget_window(self) -> None:
+        """A failed window adds no joules: every figure comes from measured windows only."""
+        self._window_steps = 0
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._in_step = False
+        self._detach()
+        if self._meter is not None:
+            self._meter.discard_window(_WINDOW)
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -409,8 +472,10 @@ class LayerEnergyProfiler(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._detach()
         if self.steps == 0:
-            rank_zero_info(
-                "LayerEnergyProfiler: no training step was profiled (fewer steps than warmup_steps)"
+            rank_zero_warn(
+                f"LayerEnergyProfiler: nothing was profiled: training ran {trainer.global_step} step(s), "
+                f"not more than warmup_steps={self.warmup_steps}; no layer files were written. "
+                "Lower warmup_steps or train longer."
             )
             return
         self._compute_flops()
@@ -444,26 +509,53 @@ class LayerEnergyProfiler(Callback):
         assert self._meter is not None
         for s in self._layers.values():
             if s.sample_input is None:
+                s.replay_note = "no input was captured"
                 continue
-            s.replay_j_per_call = _replay(
-                s.module, s.sample_input, self._meter, self._clock, self.replay_window_s
-            )
+            try:
+                s.replay_j_per_call = _replay(
+                    s.module, s.sample_input, self._meter, self._clock, self.replay_window_s
+                )
+                if s.replay_j_per_call is None:
+                    s.replay_note = "the layer could not be replayed on its captured input"
+                elif not s.replay_j_per_call > 0:
+                    s.replay_j_per_call = None
+                    s.replay_note = "the replay loop measured 0 J (the counter did not advance)"
+            except Exception as err:  # a measurement failure never ends training
+                self._meter.discard_window(_REPLAY_WINDOW)
+                s.replay_j_per_call = None
+                s.replay_note = f"the meter failed in replay ({err!r})"
 
     def rows(self) -> list[dict[str, Any]]:
-        """Per-layer rows (per profiled step), the unattributed row last."""
+        """Per-layer rows (per profiled step), the unattributed row last.
+
+        ``joules_per_step``, ``joules_per_sample`` and ``share`` are ``None`` where there is no
+        figure (no profiling window was measured, a replay failed); ``complete`` is then ``False``
+        and ``note`` says why. Times are averages over every profiled step; joules over the
+        profiling windows that were measured.
+        """
         n = max(self.steps, 1)
-        step_j = self.window_joules / n
+        measured = self.measured_steps
+        step_j = self.window_joules / measured if measured else None
         per_sample = n / max(self.samples, 1)
-        replay = self.mode == "replay" and any(s.replay_j_per_call is not None for s in self._layers.values())
+        replay = self.mode == "replay"
+        window_note = (
+            f"{self.failed_windows} of the profiling windows had no figure ({'; '.join(self.problems)})"
+            if self.problems
+            else ""
+        )
+        no_figure = "no profiling window was measured: " + ("; ".join(self.problems) or "none ran")
         rows = []
         for s in self._layers.values():
             calls = s.calls / n
+            j: float | None
             if replay:
-                j = (s.replay_j_per_call or 0.0) * calls
-                source = f"replayed:{self._source}"
+                j = s.replay_j_per_call * calls if s.replay_j_per_call is not None else None
+                source = f"replayed:{self._source or 'none'}"
+                note = s.replay_note if j is None else ""
             else:
-                j = s.joules / n
-                source = f"allocated:{self._source}"
+                j = s.joules / measured if measured else None
+                source = f"allocated:{self._source or 'none'}"
+                note = no_figure if j is None else window_note
             rows.append(
                 {
                     "name": s.name,
@@ -475,11 +567,21 @@ class LayerEnergyProfiler(Callback):
                     "backward_s": s.backward_s / n,
                     "seconds": (s.forward_s + s.backward_s) / n,
                     "joules_per_step": j,
-                    "joules_per_sample": j * per_sample,
+                    "joules_per_sample": j * per_sample if j is not None else None,
                     "source": source,
+                    "complete": j is not None,
+                    "note": note,
                 }
             )
-        layers_j = sum(r["joules_per_step"] for r in rows)
+        missing = [r for r in rows if r["joules_per_step"] is None]
+        un_j = None if step_j is None or missing else step_j - sum(r["joules_per_step"] for r in rows)
+        un_note = (
+            no_figure
+            if step_j is None
+            else f"{len(missing)} layer(s) have no figure, so the rest of the step is unknown"
+            if missing
+            else window_note
+        )
         rows.append(
             {
                 "name": UNATTRIBUTED,
@@ -489,25 +591,28 @@ class LayerEnergyProfiler(Callback):
                 "calls": 0.0,
                 "forward_s": 0.0,
                 "backward_s": 0.0,
-                "seconds": max(0.0, self.window_seconds / n - sum(r["seconds"] for r in rows)),
-                "joules_per_step": step_j - layers_j,
-                "joules_per_sample": (step_j - layers_j) * per_sample,
-                "source": f"measured-step-minus-layers:{self._source}",
+                "seconds": max(0.0, self.window_seconds / max(measured, 1) - sum(r["seconds"] for r in rows)),
+                "joules_per_step": un_j,
+                "joules_per_sample": un_j * per_sample if un_j is not None else None,
+                "source": f"measured-step-minus-layers:{self._source or 'none'}",
+                "complete": un_j is not None,
+                "note": un_note,
             }
         )
         for r in rows:
-            r["share"] = r["joules_per_step"] / step_j if step_j > 0 else math.nan
+            j = r["joules_per_step"]
+            r["share"] = j / step_j if j is not None and step_j else None
         return rows
 
     def type_table(self) -> list[dict[str, Any]]:
-        """Per-layer-type rows: joules per step, share, parameters, FLOPs."""
+        """Per-layer-type rows: joules per step, share, parameters, FLOPs (``None`` where a member has no figure)."""
         agg: dict[str, dict[str, Any]] = defaultdict(
             lambda: {"joules_per_step": 0.0, "share": 0.0, "params": 0, "flops": 0, "layers": 0}
         )
         for r in self.rows():
             a = agg[r["layer_type"]]
-            a["joules_per_step"] += r["joules_per_step"]
-            a["share"] += r["share"]
+            for key in ("joules_per_step", "share"):
+                a[key] = None if a[key] is None or r[key] is None else a[key] + r[key]
             a["params"] += r["params"]
             a["flops"] += r["flops"]
             a["layers"] += 0 if r["name"] == UNATTRIBUTED else 1
@@ -516,20 +621,35 @@ class LayerEnergyProfiler(Callback):
 
     def _publish(self, trainer: pl.Trainer, final: bool = False) -> None:
         types = self.type_table()
-        metrics = {f"layer_energy/{t['layer_type']}_j": t["joules_per_step"] for t in types}
+        metrics = {
+            f"layer_energy/{t['layer_type']}_j": t["joules_per_step"]
+            for t in types
+            if t["joules_per_step"] is not None
+        }
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         trainer.callback_metrics.update({k: torch.tensor(v, dtype=torch.float64) for k, v in metrics.items()})
         if not self._writer_rank or self.output_dir is None:
             return
         rows = self.rows()
+        run_id = next((c.run_id for c in trainer.callbacks if isinstance(c, EnergyMonitor)), self._run_id)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        _write_csv(self.output_dir / "layers.csv", rows)
-        _write_csv(self.output_dir / "layer_types.csv", types)
+        # Each file names its run: several trainings may share one folder (their records in
+        # energy.jsonl stay apart by run_id; the CSVs hold the latest run's table).
+        try:
+            _write_csv(self.output_dir / "layers.csv", [{"run_id": run_id, **r} for r in rows])
+            _write_csv(self.output_dir / "layer_types.csv", [{"run_id": run_id, **t} for t in types])
+            self.written = ["layers.csv", "layer_types.csv"]
+        except OSError as err:  # a full disk loses the tables, never the training
+            rank_zero_warn(f"LayerEnergyProfiler: cannot write the layer tables to {self.output_dir} ({err})")
+            return
         if final:
             if self.plot:
-                self._plot(types, rows)
-            run_id = next((c.run_id for c in trainer.callbacks if isinstance(c, EnergyMonitor)), "")
+                try:
+                    self._plot(types, rows)
+                    self.written.append("layer_energy.png")
+                except OSError as err:
+                    rank_zero_warn(f"LayerEnergyProfiler: cannot save layer_energy.png ({err})")
             mode = self.mode
             records = [
                 LayerRecord(
@@ -548,13 +668,16 @@ class LayerEnergyProfiler(Callback):
                     joules_per_sample=r["joules_per_sample"],
                     calls=round(r["calls"]),
                     steps=self.steps,
+                    complete=r["complete"],
+                    note=r["note"],
                 )
                 for r in rows
             ]
             records += [
                 LayerRecord(run_id=run_id, kind="layer_type", name=t["layer_type"], layer_type=t["layer_type"],
                             joules_per_step=t["joules_per_step"], share=t["share"], source=rows[0]["source"] if t["layer_type"] != UNATTRIBUTED else rows[-1]["source"],
-                            mode=mode, params=t["params"], flops=t["flops"], steps=self.steps)
+                            mode=mode, params=t["params"], flops=t["flops"], steps=self.steps,
+                            complete=t["joules_per_step"] is not None)
                 for t in types
             ]  # fmt: skip
             RecordWriter(self.output_dir / RECORDS_FILE).write_many(records)
@@ -565,9 +688,11 @@ class LayerEnergyProfiler(Callback):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        top = sorted((r for r in rows if r["name"] != UNATTRIBUTED), key=lambda r: -r["joules_per_step"])[
-            : self.top_layers
-        ]
+        types = [t for t in types if t["joules_per_step"] is not None]
+        top = sorted(
+            (r for r in rows if r["name"] != UNATTRIBUTED and r["joules_per_step"] is not None),
+            key=lambda r: -r["joules_per_step"],
+        )[: self.top_layers]
         fig, (a, b) = plt.subplots(1, 2, figsize=(11, max(3.5, 0.3 * len(top) + 1)))
         a.barh(
             [t["layer_type"] for t in types][::-1],
@@ -651,9 +776,14 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
     if not rows:
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    # Unique per process and call: concurrent trainings writing into one folder never share it.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

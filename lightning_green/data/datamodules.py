@@ -9,12 +9,12 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, random_split
 
-from lightning_green._checks import check_int
+from lightning_green._checks import UserInputError, check_int
 
 
 def _check_fraction(name: str, value: float) -> None:
-    if not 0 < value < 1:
-        raise ValueError(f"{name} must be in (0, 1), got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
 
 
 class _Base(pl.LightningDataModule):
@@ -142,8 +142,8 @@ class SyntheticDataModule(_Base):
         )
 
 
-class DatasetNotFoundError(FileNotFoundError):
-    """A torchvision dataset is not on disk and could not be downloaded."""
+class DatasetNotFoundError(FileNotFoundError, UserInputError):
+    """A torchvision dataset is not on disk and could not be downloaded (the commands print one line)."""
 
 
 class TorchvisionDataModule(_Base):
@@ -208,10 +208,11 @@ class TorchvisionDataModule(_Base):
                 root=str(self.data_dir), train=train, download=self.download, transform=tf
             )
         except (RuntimeError, OSError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise DatasetNotFoundError(
-                f"{self.name}: dataset not found or unreadable in {self.data_dir / sub} ({err}). "
-                f"Get it with data.download=true on a machine with network (torchvision.datasets.{cls_name}), "
-                f"or copy its files there."
+                f"data={self.name}: dataset not found or unreadable in {(self.data_dir / sub).resolve()} "
+                f"({first}); get it with data.download=true on a machine with network "
+                f"(torchvision.datasets.{cls_name}), copy its files there, or set data.data_dir"
             ) from err
 
     def setup(self, stage: str | None = None) -> None:

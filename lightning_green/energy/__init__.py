@@ -16,7 +16,7 @@ from lightning_green.energy.estimate import DEFAULT_WATTS_PER_CORE, EstimateMete
 from lightning_green.energy.nvml import NvmlMeter
 from lightning_green.energy.rapl import RaplMeter
 from lightning_green.energy.reading import DomainEnergy, Reading, merge_parallel, merge_readings
-from lightning_green.energy.select import BACKENDS, SelectedMeter, make_meter
+from lightning_green.energy.select import BACKENDS, SelectedMeter, check_backend, make_meter
 from lightning_green.energy.zeus_backend import ZeusMeter
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "Reading",
     "SelectedMeter",
     "ZeusMeter",
+    "check_backend",
     "make_meter",
     "merge_parallel",
     "merge_readings",

@@ -48,6 +48,7 @@ class Meter(ABC):
     """
 
     name: str = "meter"
+    _settling = False
 
     def __init__(self) -> None:
         self._windows: dict[str, tuple[float, float, Any]] = {}
@@ -78,14 +79,22 @@ class Meter(ABC):
             self.synchronize()
         self._windows[name] = (time.time(), time.monotonic(), self._begin(name))
 
-    def end_window(self, name: str, sync: bool = True) -> Reading:
-        """Close window ``name`` and return its reading."""
+    def end_window(self, name: str, sync: bool = True, settle: bool = False) -> Reading:
+        """Close window ``name`` and return its reading.
+
+        ``settle`` (for the last window of a run): a meter that reads its counters in the
+        background waits for the sample after this edge instead of extrapolating to it.
+        """
         if name not in self._windows:
             raise ValueError(f"window {name!r} is not open")
         if sync:
             self.synchronize()
         start_wall, start_mono, token = self._windows.pop(name)
-        domains = self._end(name, token)
+        self._settling = settle
+        try:
+            domains = self._end(name, token)
+        finally:
+            self._settling = False
         end_mono = time.monotonic()
         return Reading(
             start_time=start_wall,
@@ -95,8 +104,27 @@ class Meter(ABC):
             assumptions=self.assumptions,
         )
 
+    def peek(self, name: str) -> Reading | None:
+        """Energy of open window ``name`` so far, leaving it open (no device sync: queued work is
+        not waited for); ``None`` where the backend cannot tell without closing the window."""
+        if name not in self._windows:
+            raise ValueError(f"window {name!r} is not open")
+        start_wall, start_mono, token = self._windows[name]
+        domains = self._peek(name, token)
+        if domains is None:
+            return None
+        seconds = time.monotonic() - start_mono
+        return Reading(start_wall, start_wall + seconds, seconds, tuple(domains), self.assumptions)
+
+    def _peek(self, name: str, token: Any) -> list[DomainEnergy] | None:
+        return None
+
     def is_open(self, name: str = DEFAULT_WINDOW) -> bool:
         return name in self._windows
+
+    def discard_window(self, name: str) -> None:
+        """Forget window ``name`` without reading it (after a failure); no-op if it is not open."""
+        self._windows.pop(name, None)
 
     def synchronize(self) -> None:
         """Wait for queued device work (no-op for CPU meters)."""
@@ -115,18 +143,154 @@ class Meter(ABC):
         return f"{self.name}: {chans}"
 
 
+class _Edge:
+    """A window edge: a moment, and the counter values at it once a sample after it has arrived."""
+
+    __slots__ = ("t", "values")
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+        self.values: dict[str, float | None] | None = None
+
+
+def _interpolate(
+    a: tuple[float, dict[str, float | None]], b: tuple[float, dict[str, float | None]], t: float
+) -> dict[str, float | None]:
+    """Counter values at ``t`` on the line through samples ``a`` and ``b`` (beyond ``b``: extrapolated)."""
+    (ta, va), (tb, vb) = a, b
+    f = (t - ta) / (tb - ta) if tb > ta else 1.0
+    out: dict[str, float | None] = {}
+    for key, y1 in vb.items():
+        y0 = va.get(key)
+        out[key] = None if y0 is None or y1 is None else y0 + max(0.0, y1 - y0) * f
+    return out
+
+
+class CounterSampler:
+    """Reads slow cumulative counters on a background thread, so window edges cost the caller
+    microseconds instead of a counter read (``nvmlDeviceGetTotalEnergyConsumption`` takes about
+    4 ms on an H200).
+
+    An edge takes a timestamp only. Its counter values are interpolated between the samples just
+    before and just after it, as soon as the sample after it arrives (each sample is stamped at the
+    midpoint of its read). Asked for earlier, they are extrapolated from the last two samples (the
+    power of the last sampling interval), which errs by at most the change in power over one
+    interval; ``wait=True`` waits for the sample instead.
+
+    Args:
+        read: Returns cumulative joules per channel key (``None`` for a failed channel).
+        interval_s: Time between the end of one read and the start of the next.
+        clock: A monotonic clock (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        read: Callable[[], dict[str, float | None]],
+        interval_s: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+        name: str = "counter-sampler",
+    ) -> None:
+        self._read, self.interval_s, self._clock = read, interval_s, clock
+        self._cond = threading.Condition()
+        self._prev: tuple[float, dict[str, float | None]] | None = None
+        self._last: tuple[float, dict[str, float | None]] | None = None
+        self._pending: list[_Edge] = []
+        self._stop = threading.Event()
+        self.samples = 0
+        self.read_seconds = 0.0  # time spent reading, on the sampler thread
+        self.sample()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def sample(self) -> None:
+        """Take one sample (the thread calls this; tests may too) and settle the edges it passes."""
+        t0 = self._clock()
+        try:
+            values = self._read()
+        except Exception:  # a failing counter: its edges get None, windows are incomplete
+            log.debug("sample failed", exc_info=True)
+            values = {}
+        t1 = self._clock()
+        t = 0.5 * (t0 + t1)
+        with self._cond:
+            self.samples += 1
+            self.read_seconds += t1 - t0
+            self._prev, self._last = self._last, (t, values)
+            if self._pending:
+                keep = []
+                for e in self._pending:
+                    if e.t <= t:
+                        e.values = _interpolate(self._prev or self._last, self._last, e.t)
+                    else:
+                        keep.append(e)
+                self._pending = keep
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def edge(self) -> _Edge:
+        """Mark a window edge now (cheap: a timestamp and a list append)."""
+        e = _Edge(self._clock())
+        with self._cond:
+            self._pending.append(e)
+        return e
+
+    def values(self, edge: _Edge, wait: bool = False) -> dict[str, float | None]:
+        """Counter values at ``edge``: interpolated if settled, else extrapolated (or waited for)."""
+        with self._cond:
+            if edge.values is None and wait and self._thread.is_alive():
+                self._cond.wait_for(lambda: edge.values is not None, timeout=10 * self.interval_s + 1.0)
+            if edge.values is not None:
+                return edge.values
+            assert self._last is not None
+            return _interpolate(self._prev or self._last, self._last, edge.t)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval_s + 5.0)
+
+
 class CounterMeter(Meter):
     """A meter over cumulative counters: a window is the difference of two snapshots.
 
     Subclasses implement :meth:`read_counters`, returning cumulative joules per channel key
     (``None`` for a channel that failed to read). A failing channel makes the windows it touches
-    incomplete, never zero.
+    incomplete, never zero. A subclass that sees a counter do something implausible (a reset, a
+    jump no power could explain) calls :meth:`_fault`: every window open across it is incomplete.
     """
 
-    def __init__(self, sync_fn: Callable[[], None] | None = None) -> None:
+    #: How edges are read: ``"direct"`` (a counter read on the caller's thread) or ``"sampled"``.
+    edge_reads = "direct"
+
+    def __init__(
+        self, sync_fn: Callable[[], None] | None = None, sample_interval_s: float | None = None
+    ) -> None:
         super().__init__()
         self._sync_fn = sync_fn
         self._warned: set[str] = set()
+        self._faults: dict[str, int] = {}
+        self._sampler: CounterSampler | None = None
+        self._sample_interval_s = sample_interval_s
+
+    def start_sampling(self) -> None:
+        """Read the counters on a background thread from now on (see :class:`CounterSampler`)."""
+        if self._sampler is None and self._sample_interval_s:
+            self._sampler = CounterSampler(
+                self._safe_read, self._sample_interval_s, name=f"{self.name}-sampler"
+            )
+            self.edge_reads = "sampled"
+
+    @property
+    def assumptions(self) -> dict[str, Any]:
+        if self._sampler is None:
+            return {}
+        return {
+            f"{self.name}_edges": f"interpolated between background counter samples every "
+            f"{self._sample_interval_s * 1000:g} ms (extrapolated from the last interval when read "
+            "before the next sample)"
+        }
 
     @abstractmethod
     def read_counters(self) -> dict[str, float | None]:
@@ -148,20 +312,58 @@ class CounterMeter(Meter):
             self._warned.add(key)
             log.warning(message)
 
-    def _begin(self, name: str) -> dict[str, float | None]:
-        return self._safe_read()
+    def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.close()
+            self._sampler = None
 
-    def _end(self, name: str, token: dict[str, float | None]) -> list[DomainEnergy]:
-        now = self._safe_read()
+    def _fault(self, key: str, message: str) -> None:
+        """Channel ``key`` misbehaved: windows open across this moment are marked incomplete."""
+        self._faults[key] = self._faults.get(key, 0) + 1
+        self._warn_once(f"fault:{key}", f"{self.name}: {message}; windows across it are marked incomplete")
+
+    def _begin(self, name: str) -> tuple[Any, dict[str, int]]:
+        if self._sampler is not None:
+            return self._sampler.edge(), dict(self._faults)
+        return self._safe_read(), dict(self._faults)
+
+    def _end(self, name: str, token: tuple[Any, dict[str, int]]) -> list[DomainEnergy]:
+        first, faults_before = token
+        if self._sampler is not None:
+            end = self._sampler.edge()
+            now = self._sampler.values(end, wait=self._settling)
+            before = self._sampler.values(first, wait=self._settling)
+        else:
+            before, now = first, self._safe_read()
+        return self._diff(before, now, faults_before)
+
+    def _peek(self, name: str, token: tuple[Any, dict[str, int]]) -> list[DomainEnergy]:
+        first, faults_before = token
+        if self._sampler is not None:
+            now = self._sampler.values(_Edge(time.monotonic()))  # extrapolated, nothing queued
+            before = self._sampler.values(first)
+        else:
+            before, now = first, self._safe_read()
+        return self._diff(before, now, faults_before, warn=False)
+
+    def _diff(
+        self,
+        before: dict[str, float | None],
+        now: dict[str, float | None],
+        faults_before: dict[str, int],
+        warn: bool = True,
+    ) -> list[DomainEnergy]:
         out = []
         for c in self.channels:
             key = f"{c.domain}:{c.device}"
-            a, b = token.get(key), now.get(key)
+            a, b = before.get(key), now.get(key)
             if a is None or b is None:
-                self._warn_once(key, f"{self.name}: {key} could not be read; its windows are incomplete")
+                if warn:
+                    self._warn_once(key, f"{self.name}: {key} could not be read; its windows are incomplete")
                 out.append(DomainEnergy(c.domain, c.device, None, c.source, complete=False))
             else:
-                out.append(DomainEnergy(c.domain, c.device, max(0.0, b - a), c.source))
+                faulted = self._faults.get(key, 0) != faults_before.get(key, 0)
+                out.append(DomainEnergy(c.domain, c.device, max(0.0, b - a), c.source, complete=not faulted))
         return out
 
 
@@ -213,12 +415,33 @@ class CompositeMeter(Meter):
         for m in self.meters:
             m.synchronize()
 
-    def _begin(self, name: str) -> None:
+    def discard_window(self, name: str) -> None:
+        super().discard_window(name)
         for m in self.meters:
-            m.begin_window(name, sync=False)
+            m.discard_window(name)
+
+    def _peek(self, name: str, token: Any) -> list[DomainEnergy] | None:
+        readings = [m.peek(name) for m in self.meters]
+        if any(r is None for r in readings):
+            return None
+        return list(merge_parallel([r for r in readings if r is not None]).domains)
+
+    def _begin(self, name: str) -> None:
+        try:
+            for m in self.meters:
+                m.begin_window(name, sync=False)
+        except Exception:
+            for m in self.meters:
+                m.discard_window(name)
+            raise
 
     def _end(self, name: str, token: Any) -> list[DomainEnergy]:
-        readings = [m.end_window(name, sync=False) for m in self.meters]
+        try:
+            readings = [m.end_window(name, sync=False, settle=self._settling) for m in self.meters]
+        except Exception:
+            for m in self.meters:
+                m.discard_window(name)
+            raise
         return list(merge_parallel(readings).domains)
 
     def close(self) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lightning_green._checks import check_number
+
 DEFAULT_INTENSITY_G_PER_KWH = 475.0
 DEFAULT_PUE = 1.0
 JOULES_PER_KWH = 3.6e6
@@ -29,12 +31,10 @@ class CarbonModel:
     pue: float = DEFAULT_PUE
 
     def __post_init__(self) -> None:
-        if not isinstance(self.intensity_g_per_kwh, (int, float)) or self.intensity_g_per_kwh < 0:
-            raise ValueError(
-                f"carbon_intensity_g_per_kwh must be a number >= 0 (gCO2e per kWh), got {self.intensity_g_per_kwh!r}"
-            )
-        if not isinstance(self.pue, (int, float)) or self.pue < 1.0:
-            raise ValueError(f"pue must be a number >= 1.0 (facility / IT energy), got {self.pue!r}")
+        check_number(
+            "carbon_intensity_g_per_kwh", self.intensity_g_per_kwh, minimum=0.0, unit="gCO2e per kWh"
+        )
+        check_number("pue", self.pue, minimum=1.0, unit="facility energy / IT energy")
 
     @staticmethod
     def kwh(joules: float) -> float:

@@ -16,6 +16,7 @@ import os
 import time
 from typing import Any
 
+from lightning_green._checks import check_number
 from lightning_green.energy.base import Channel, CounterMeter
 
 DEFAULT_WATTS_PER_CORE = 12.0
@@ -97,10 +98,8 @@ class EstimateMeter(CounterMeter):
     name = "estimate"
 
     def __init__(self, watts_per_core: float = DEFAULT_WATTS_PER_CORE, include_children: bool = True) -> None:
-        if not isinstance(watts_per_core, (int, float)) or not watts_per_core > 0:
-            raise ValueError(f"watts_per_core must be a positive number of watts, got {watts_per_core!r}")
         super().__init__()
-        self.watts_per_core = float(watts_per_core)
+        self.watts_per_core = check_number("watts_per_core", watts_per_core, above=0.0, unit="watts")
         self.include_children = include_children
 
     @property

@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from typing_extensions import override
 
+from lightning_green._checks import check_number
+
 
 def count_params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
@@ -35,17 +37,16 @@ class LitClassifier(pl.LightningModule):
         weight_decay: float = 0.0,
     ) -> None:
         super().__init__()
-        for name, value, lo, hi in (
-            ("lr", lr, 0.0, None),
-            ("beta1", beta1, 0.0, 1.0),
-            ("beta2", beta2, 0.0, 1.0),
-            ("eps", eps, 0.0, None),
+        for name, value, hi in (
+            ("lr", lr, None),
+            ("beta1", beta1, 1.0),
+            ("beta2", beta2, 1.0),
+            ("eps", eps, None),
         ):
-            if not (value > lo and (hi is None or value < hi)):
-                bound = f"in ({lo}, {hi})" if hi is not None else f"> {lo}"
-                raise ValueError(f"{name} must be {bound}, got {value!r}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+            check_number(name, value, above=0.0)
+            if hi is not None and not value < hi:
+                raise ValueError(f"{name} must be a finite number in (0, {hi:g}), got {value!r}")
+        check_number("weight_decay", weight_decay, minimum=0.0)
         self.save_hyperparameters(ignore=["net"])
         self.net = net
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lightning_green.energy.carbon import JOULES_PER_KWH
 from lightning_green.records import RUN_FILE, read_run, read_windows
 from lightning_green.report.pareto import pareto_mask
 
@@ -45,7 +46,10 @@ def load_runs(root: str | Path) -> pd.DataFrame:
     rows = []
     for path in sorted({p.parent for p in root.rglob(RUN_FILE)}):
         rec = read_run(path)
-        windows = read_windows(path)
+        # Several runs may share a folder (and its energy.jsonl): count this run's windows and
+        # those of the runs it resumed from, never another run's.
+        lineage = {rec.run_id, *rec.resumed_from}
+        windows = [w for w in read_windows(path) if w.run_id in lineage]
         fit_j = sum(w.energy_j for w in windows if w.stage in ("train", "validate", "sanity_check"))
         row: dict[str, object] = {"run": str(path.relative_to(root)) if path != root else "."}
         for ov in rec.overrides:
@@ -56,7 +60,7 @@ def load_runs(root: str | Path) -> pd.DataFrame:
             test_acc=rec.test_acc,
             val_acc=rec.val_acc,
             energy_j=fit_j,
-            energy_kwh=fit_j / 3.6e6,
+            energy_kwh=fit_j / JOULES_PER_KWH,
             total_j=rec.total_j,
             co2e_g=rec.co2e_g,
             seconds=rec.seconds,

@@ -28,9 +28,10 @@ def _print_study(out: Path) -> None:
 @hydra.main(config_path=str(CONF_DIR), config_name="tune", version_base="1.3")
 @friendly_errors
 def tune_main(cfg: DictConfig) -> None:
-    from lightning_green.tune.study import prepare, run_study
+    from lightning_green.tune.study import check_resumable, prepare, run_study
 
     prepare(cfg)  # bad input fails here, before Ray starts
+    check_resumable(cfg, Path(cfg.output_dir))
     out = run_study(cfg, Path(cfg.output_dir))
     _print_study(out)
 
@@ -41,6 +42,7 @@ def compare_main(cfg: DictConfig) -> None:
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
 
+    from lightning_green._checks import check_number
     from lightning_green.config import ConfigError, to_container
     from lightning_green.records import write_json_atomic
     from lightning_green.tune.compare import write_compare
@@ -53,8 +55,18 @@ def compare_main(cfg: DictConfig) -> None:
         raise ConfigError(
             f"compare.strategies must be a non-empty list of {', '.join(STRATEGIES)}; got {list(c.strategies)}"
         )
-    if not 0 < c.target_fraction <= 1:
-        raise ConfigError(f"compare.target_fraction must be in (0, 1]; got {c.target_fraction}")
+    if isinstance(c.target_fraction, bool) or not 0 < c.target_fraction <= 1:
+        raise ConfigError(f"compare.target_fraction must be a number in (0, 1]; got {c.target_fraction}")
+    seeds = list(c.seeds or [])
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise ConfigError(f"compare.seeds must be a non-empty list of integers, e.g. [0,1,2]; got {seeds}")
+    if c.reference_energy_j is not None:
+        try:
+            check_number(
+                "compare.reference_energy_j", c.reference_energy_j, above=0.0, unit="joules, or null"
+            )
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     overrides = [
         o for o in HydraConfig.get().overrides.task if not o.startswith(("tune/strategy=", "compare."))
     ]

@@ -20,6 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_green._checks import check_number
 from lightning_green.config import ConfigError
 
 TYPES = ("uniform", "loguniform", "int", "choice")
@@ -112,8 +113,11 @@ def _param(key: str, spec: dict) -> Param:
             raise ConfigError(f"{where}.values must be a non-empty list")
         return Param(key, kind, values=values)
     low, high = spec.get("low"), spec.get("high")
-    if not isinstance(low, (int, float)) or not isinstance(high, (int, float)):
-        raise ConfigError(f"{where} needs numeric low and high; got low={low!r}, high={high!r}")
+    for bound, value in (("low", low), ("high", high)):
+        try:
+            check_number(f"{where}.{bound}", value)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     if kind == "int":
         if int(low) != low or int(high) != high or low > high:
             raise ConfigError(f"{where}: int range needs integers with low <= high; got [{low}, {high}]")

@@ -6,6 +6,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from lightning_green._checks import check_number
 from lightning_green.config import ConfigError
 from lightning_green.tune.space import Param, grid_points, nested
 
@@ -37,8 +38,11 @@ def check_strategy(strategy: DictConfig, tune_cfg: DictConfig) -> None:
     if tune_cfg.scheduler not in ("fifo", "asha"):
         raise ConfigError(f"tune.scheduler must be one of fifo, asha; got {tune_cfg.scheduler!r}")
     b = tune_cfg.energy_budget_j
-    if b is not None and not (isinstance(b, (int, float)) and b > 0):
-        raise ConfigError(f"tune.energy_budget_j must be a positive number of joules or null; got {b!r}")
+    if b is not None:
+        try:
+            check_number("tune.energy_budget_j", b, above=0.0, unit="joules, or null")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
 
 def search_setup(

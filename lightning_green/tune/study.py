@@ -7,10 +7,11 @@ experiment folder, one sub-folder per trial with that trial's energy records).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
+import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,14 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_green.config import to_container
-from lightning_green.records import write_json_atomic
+from lightning_green.config import ConfigError, to_container
+from lightning_green.records import RECORDS_FILE, RUN_FILE, read_json, read_windows, write_json_atomic
 from lightning_green.tune.space import flatten, parse_space
 from lightning_green.tune.strategies import check_strategy, search_setup
 
 STUDY_FILE = "study.json"
+#: Energy records of trial attempts that were interrupted (kept when a study is resumed).
+ATTEMPTS_DIR = "attempts"
 TRIALS_FILE = "trials.csv"
 PARETO_FILE = "pareto.csv"
 
@@ -79,9 +82,42 @@ def prepare(cfg: DictConfig) -> tuple[list, dict[str, Any]]:
     from lightning_green.config import check_trainer
 
     check_trainer(cfg)
+    check_ray_address(cfg.tune.ray_address)
     base = to_container(cfg)
     params = parse_space(cfg.tune.space.params, OmegaConf.create(base))
     return params, base
+
+
+def check_ray_address(address: str | None, timeout_s: float = 3.0) -> None:
+    """Fail in one line, before Ray starts, when nothing listens at ``host:port`` (Ray itself would
+    retry for minutes). ``None`` (start Ray here) and ``"auto"`` are left to Ray."""
+    if address in (None, "", "auto", "local"):
+        return
+    text = str(address).removeprefix("ray://")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(
+            f"tune.ray_address must be null, auto or host:port (e.g. 10.0.0.1:6379); got {address!r}"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ConfigError(
+            f"tune.ray_address={address}: nothing answers there ({err.strerror or err}); start the cluster "
+            "with `ray start --head --port=PORT`, or leave tune.ray_address=null to start Ray on this machine"
+        ) from None
+
+
+def check_resumable(cfg: DictConfig, out: Path) -> None:
+    """``tune.resume=true`` needs an interrupted study in ``out``; say so before Ray starts."""
+    from ray import tune
+
+    experiment = out / "ray" / cfg.tune.name
+    if cfg.tune.resume and not tune.Tuner.can_restore(str(experiment.resolve())):
+        raise ConfigError(
+            f"tune.resume=true but there is no study to resume in {out}; pass the interrupted study's "
+            "folder as hydra.run.dir=..., or drop tune.resume to start a new study"
+        )
 
 
 def run_study(
@@ -121,7 +157,12 @@ def run_study(
         "finished": None,
     }
     if t.resume and tune.Tuner.can_restore(str(experiment)):
+        # Ray restarts an interrupted trial from scratch and may replace its folder's files: keep
+        # the interrupted attempts' energy records in the study folder first. Energy spent is spent.
+        keep_attempts(experiment, out / ATTEMPTS_DIR)
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+        previous = read_json(out / STUDY_FILE) if (out / STUDY_FILE).is_file() else {}
+        meta["started"] = previous.get("started", meta["started"])
         meta["resumed"] = True
     else:
         alg, space, kw = search_setup(t.strategy, params, t, seed)
@@ -163,7 +204,15 @@ def run_study(
         pareto_table(df).to_csv(out / PARETO_FILE, index=False)
         meta["stopped_early"] = int(df["stopped_early"].sum())
         meta["energy_saved_estimate_j"] = float(df["energy_saved_estimate_j"].sum())
-        meta["energy_used_j"] = float(df["total_j"].fillna(df["energy_j"]).fillna(0).sum())
+        add_attempts(df, experiment, out / ATTEMPTS_DIR)
+        trials_j = float(df["total_j"].fillna(df["energy_j"]).fillna(0).sum())
+        meta["trials_energy_j"] = trials_j
+        meta["other_attempts_j"] = float(df["other_attempts_j"].sum())
+        meta["energy_used_j"] = trials_j + meta["other_attempts_j"]
+        meta["energy_used_covers"] = (
+            "each trial's last attempt (train, validation, test) plus the finished windows of its "
+            "interrupted or crashed attempts (other_attempts_j, from their records)"
+        )
         meta["stopped_by_energy_budget"] = bool(
             t.energy_budget_j and meta["energy_used_j"] >= t.energy_budget_j
         )
@@ -216,6 +265,35 @@ def add_savings(df: pd.DataFrame, max_epochs: int) -> None:
     )
 
 
+def keep_attempts(experiment: Path, dest: Path) -> None:
+    """Copy every trial folder's energy records under ``dest/<trial folder>/`` before a resume."""
+    for records in sorted(experiment.glob(f"*/{RECORDS_FILE}")):
+        target = dest / records.parent.name
+        target.mkdir(parents=True, exist_ok=True)
+        n = len(list(target.glob("*.jsonl")))
+        shutil.copyfile(records, target / f"{RECORDS_FILE.removesuffix('.jsonl')}-{n}.jsonl")
+
+
+def add_attempts(df: pd.DataFrame, experiment: Path, kept: Path) -> None:
+    """Add ``other_attempts_j``: per trial, the energy of windows recorded by attempts other than
+    its last (a crash retried by Ray, or an attempt cut short by an interrupted study), from the
+    trial folder's records and the copies :func:`keep_attempts` made. Windows are counted once."""
+    extra = []
+    for path in df["path"]:
+        folder = Path(str(path))
+        files = [folder / RECORDS_FILE, *sorted((kept / folder.name).glob("*.jsonl"))]
+        seen: dict[tuple, float] = {}
+        for f in files:
+            if f.is_file():
+                for w in read_windows(f):
+                    seen[(w.run_id, w.stage, w.epoch, w.start_time)] = w.energy_j
+        last = read_json(folder / RUN_FILE).get("run_id") if (folder / RUN_FILE).is_file() else None
+        if last is None and seen:  # unfinished: its latest attempt is what the trial reported
+            last = max(seen, key=lambda k: k[3])[0]
+        extra.append(sum(j for (run_id, *_), j in seen.items() if run_id != last))
+    df["other_attempts_j"] = extra
+
+
 def _creation_index(trial_id: str, path: str) -> float:
     m = re.search(rf"_{re.escape(str(trial_id))}_(\d+)", Path(str(path)).name)
     return int(m.group(1)) if m else math.inf
@@ -234,7 +312,7 @@ def pareto_table(trials: pd.DataFrame) -> pd.DataFrame:
 
 def read_study(path: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
     path = Path(path)
-    meta = json.loads((path / STUDY_FILE).read_text())
+    meta = read_json(path / STUDY_FILE)
     trials = pd.read_csv(path / TRIALS_FILE) if (path / TRIALS_FILE).is_file() else pd.DataFrame()
     return meta, trials
 

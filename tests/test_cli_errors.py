@@ -1,0 +1,139 @@
+"""The real CLI on bad input and damaged folders: one line naming the problem, exit status 2, no traceback."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from test_cli import TINY, cli
+
+from lightning_green.records import read_run, read_windows
+
+
+def _one_line_error(r, *needles: str) -> str:
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if re.match(r"lightning-green( report)?: ", line)]
+    assert len(lines) == 1, r.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("energy.pue=nan", "energy.pue"),
+        ("energy.carbon_intensity_g_per_kwh=inf", "energy.carbon_intensity_g_per_kwh"),
+        ("energy.watts_per_core=inf", "energy.watts_per_core"),
+        ("optimizer.lr=inf", "optimizer.lr"),
+    ],
+)
+def test_non_finite_config_values_fail_before_training(tmp_path: Path, override: str, field: str):
+    r = cli("train", override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    _one_line_error(r, field, "finite")
+    assert not (tmp_path / "run" / "energy.jsonl").exists()
+
+
+def test_unusable_backend_and_missing_dataset_are_one_line(tmp_path: Path):
+    r = cli("train", "energy.backend=rapl", f"energy.rapl_root={tmp_path / 'none'}", *TINY, cwd=tmp_path)
+    _one_line_error(r, "energy.backend=rapl", "energy.backend=auto")
+    r = cli("train", "data=mnist", f"data.data_dir={tmp_path / 'data'}", *TINY, cwd=tmp_path)
+    _one_line_error(r, "data=mnist", "data.download=true")
+
+
+def test_profile_with_fewer_steps_than_warmup_says_nothing_was_profiled(tmp_path: Path):
+    out = tmp_path / "p"
+    r = cli(
+        "profile",
+        "trainer.limit_train_batches=3",
+        "profiler.warmup_steps=5",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+    )
+    _one_line_error(r, "nothing was profiled", "profiler.warmup_steps")
+    assert "layers.csv" not in r.stdout
+    assert not (out / "layers.csv").exists() and not (out / "layer_energy.png").exists()
+
+
+def test_report_counts_each_runs_own_energy_in_a_shared_folder(tmp_path: Path):
+    run = tmp_path / "run"
+    for _ in range(2):  # two runs into one folder: one energy.jsonl, the second run.json wins
+        r = cli("train", *TINY, f"hydra.run.dir={run}", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+    rec = read_run(run)
+    assert len({w.run_id for w in read_windows(run)}) == 2
+    r = cli("report", str(run), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(run / "summary.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["energy_j"]) == pytest.approx(rec.energy_j, rel=1e-6)
+    assert float(row["total_j"]) == pytest.approx(rec.total_j, rel=1e-6)
+
+    # A garbage line mid-file is skipped with a warning; the report still works.
+    lines = (run / "energy.jsonl").read_text().splitlines()
+    (run / "energy.jsonl").write_text("\n".join([lines[0], "{garbage", *lines[1:]]) + "\n")
+    r = cli("report", str(run), cwd=tmp_path)
+    assert r.returncode == 0 and "torn line" in r.stderr, r.stderr[-3000:]
+
+    # A value no run writes is one line naming file, line and field.
+    bad = json.loads(lines[1])
+    bad["energy_j"] = "12"
+    (run / "energy.jsonl").write_text("\n".join([lines[0], json.dumps(bad), *lines[2:]]) + "\n")
+    _one_line_error(cli("report", str(run), cwd=tmp_path), "energy.jsonl:2", "energy_j")
+
+    # A truncated run.json.
+    (run / "energy.jsonl").write_text("\n".join(lines) + "\n")
+    text = (run / "run.json").read_text()
+    (run / "run.json").write_text(text[: len(text) // 2])
+    _one_line_error(cli("report", str(run), cwd=tmp_path), "run.json", "truncated")
+
+
+def test_study_without_trials_is_one_line(tmp_path: Path):
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "study.json").write_text(
+        json.dumps({"kind": "study", "strategy": {"name": "random"}, "seed": 0})
+    )
+    _one_line_error(cli("report", str(study), cwd=tmp_path), "trials.csv")
+
+
+def test_tune_and_compare_fail_before_ray_starts(tmp_path: Path):
+    out = tmp_path / "c"
+    r = cli("compare", "compare.seeds=[]", f"hydra.run.dir={out}", cwd=tmp_path)
+    _one_line_error(r, "compare.seeds")
+    assert not (out / "compare.json").exists()
+    r = cli(
+        "tune", "tune.ray_address=127.0.0.1:1", f"hydra.run.dir={tmp_path / 't'}", cwd=tmp_path, timeout=60
+    )
+    _one_line_error(r, "tune.ray_address=127.0.0.1:1", "nothing answers")
+    r = cli("tune", "tune.resume=true", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    _one_line_error(r, "tune.resume=true", "no study to resume")
+    r = cli("tune", "tune.energy_budget_j=nan", f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path)
+    _one_line_error(r, "tune.energy_budget_j", "finite")
+
+
+@pytest.mark.slow
+def test_ddp_through_the_console_script(tmp_path: Path):
+    run = tmp_path / "ddp"
+    env_port = str(29600 + os.getpid() % 1000)
+    os.environ["MASTER_PORT"] = env_port
+    try:
+        r = cli(
+            "train", "trainer=ddp", "trainer.accelerator=cpu", *TINY, f"hydra.run.dir={run}",
+            cwd=tmp_path, timeout=300,
+        )  # fmt: skip
+    finally:
+        os.environ.pop("MASTER_PORT", None)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    windows = read_windows(run)
+    assert windows and all(w.world_size == 2 for w in windows)
+    keys = {d["device"] for w in windows for d in w.domains}
+    assert keys == {"rank0/process", "rank1/process"}
+    assert read_run(run).energy_j > 0
+    shutil.rmtree(run / "checkpoints", ignore_errors=True)
