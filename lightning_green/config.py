@@ -127,6 +127,14 @@ class EnergySchema:
     pue: float = 1.0
     watts_per_core: float = 12.0
     rapl_root: str = "/sys/class/powercap"
+    sync_reads: bool = False
+    budget_j: float | None = None
+    budget_check: str = "spent"
+    budget_on_exceed: str = "stop"
+    stop_gain_per_kj: float | None = None
+    stop_monitor: str = "val_acc"
+    stop_mode: str = "max"
+    stop_patience: int = 3
     profile_layers: bool = False
 
 

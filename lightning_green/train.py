@@ -19,8 +19,16 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig
 
-from lightning_green.callbacks import EnergyMonitor
-from lightning_green.config import CONF_DIR, build, check_trainer, config_error, friendly_errors, to_container
+from lightning_green.callbacks import EnergyBudget, EnergyEfficientStopping, EnergyMonitor
+from lightning_green.config import (
+    CONF_DIR,
+    ConfigError,
+    build,
+    check_trainer,
+    config_error,
+    friendly_errors,
+    to_container,
+)
 from lightning_green.energy.carbon import JOULES_PER_KWH
 from lightning_green.models import LitClassifier, count_params
 from lightning_green.records import RunRecord, write_run
@@ -75,10 +83,12 @@ def build_run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
             pue=e.pue,
             watts_per_core=e.watts_per_core,
             rapl_root=e.rapl_root,
+            sync_reads=e.sync_reads,
         )
     except ValueError as err:
         raise config_error("energy", err) from err
     callbacks: list[pl.Callback] = [monitor]
+    callbacks += _acting_callbacks(e, monitor)
     if cfg.profile_layers:
         from lightning_green.callbacks.layer_profiler import LayerEnergyProfiler
 
@@ -92,6 +102,40 @@ def build_run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
     )
     sample = torch.zeros(1, dm.in_channels, dm.image_size, dm.image_size)
     return Run(trainer, module, dm, monitor, forward_flops(net, sample))
+
+
+#: ``energy.*`` keys of the acting callbacks, and the argument each becomes.
+_BUDGET_KEYS = {"budget_j": "max_j", "budget_check": "check", "budget_on_exceed": "on_exceed"}
+_STOP_KEYS = {
+    "stop_gain_per_kj": "min_gain_per_kj",
+    "stop_monitor": "monitor",
+    "stop_mode": "mode",
+    "stop_patience": "patience",
+}
+
+
+def _acting_callbacks(e: DictConfig, monitor: EnergyMonitor) -> list[pl.Callback]:
+    """EnergyBudget / EnergyEfficientStopping from ``energy.budget_*`` / ``energy.stop_*``.
+
+    Every key is checked, set or not, so a typo fails before training; errors name the config key.
+    """
+    out: list[pl.Callback] = []
+    for cls, keys, switch, extra in (
+        (EnergyBudget, _BUDGET_KEYS, "budget_j", {"monitor": monitor}),
+        (EnergyEfficientStopping, _STOP_KEYS, "stop_gain_per_kj", {"energy_monitor": monitor}),
+    ):
+        kwargs = {arg: e[key] for key, arg in keys.items()}
+        probe = {**kwargs, keys[switch]: 1.0} if e[switch] is None else kwargs
+        try:
+            built = cls(**probe, **extra)
+        except ValueError as err:
+            message = str(err)
+            for key, arg in keys.items():
+                message = message.replace(f"{arg} must", f"energy.{key} must", 1)
+            raise ConfigError(message) from None
+        if e[switch] is not None:
+            out.append(built)
+    return out
 
 
 def run_training(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> RunRecord:

@@ -32,11 +32,13 @@ def _one_line_error(r, *needles: str) -> str:
         ("energy.carbon_intensity_g_per_kwh=inf", "energy.carbon_intensity_g_per_kwh"),
         ("energy.watts_per_core=inf", "energy.watts_per_core"),
         ("optimizer.lr=inf", "optimizer.lr"),
+        ("energy.budget_j=nan", "energy.budget_j"),
+        ("energy.stop_gain_per_kj=-1", "energy.stop_gain_per_kj"),
     ],
 )
 def test_non_finite_config_values_fail_before_training(tmp_path: Path, override: str, field: str):
     r = cli("train", override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    _one_line_error(r, field, "finite")
+    _one_line_error(r, field, "finite number")
     assert not (tmp_path / "run" / "energy.jsonl").exists()
 
 
@@ -137,3 +139,19 @@ def test_ddp_through_the_console_script(tmp_path: Path):
     assert keys == {"rank0/process", "rank1/process"}
     assert read_run(run).energy_j > 0
     shutil.rmtree(run / "checkpoints", ignore_errors=True)
+
+
+def test_budget_from_the_config_tree_stops_the_run(tmp_path: Path):
+    run = tmp_path / "run"
+    r = cli(
+        "train",
+        "energy.budget_j=0.01",
+        "trainer.max_epochs=3",
+        *TINY[1:],
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((run / "energy_summary.json").read_text())
+    assert summary["stopped_by"].startswith("EnergyBudget: spent")
+    assert read_run(run).epochs == 1

@@ -358,15 +358,18 @@ def test_a_full_disk_loses_no_record_and_not_the_training(tmp_path: Path, monkey
     out = disk / "out"
     filler = disk / "filler"
     full = {"on": False}
-    if not real:  # no tmpfs here: inject ENOSPC into the writer's fsync instead
-        real_fsync = os.fsync
+    if not real:  # no tmpfs here (not root): inject ENOSPC into the writer's writes instead
+        import lightning_green.records as records
 
-        def fsync(fd):
+        real_write = records._write_all
+
+        def write_all(fd, data):
             if full["on"]:
+                os.write(fd, data[: len(data) // 2])  # a partial write, then the disk is full
                 raise OSError(errno.ENOSPC, "No space left on device")
-            return real_fsync(fd)
+            return real_write(fd, data)
 
-        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(records, "_write_all", write_all)
 
     class Disk(Callback):
         def on_train_epoch_start(self, trainer, pl_module):
@@ -405,18 +408,46 @@ def test_a_full_disk_loses_no_record_and_not_the_training(tmp_path: Path, monkey
 
 
 def test_record_writer_cuts_back_a_failed_write(tmp_path: Path, monkeypatch):
+    import lightning_green.records as records
+
     path = tmp_path / "energy.jsonl"
     path.write_text(_record_line() + "\n")
     writer = RecordWriter(path)
     rec = read_windows(path)[0]
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    real_write = records._write_all
+
+    def half_then_full(fd, data):
+        os.write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(records, "_write_all", half_then_full)
     with pytest.warns(RuntimeWarning, match="cannot write"):
         assert writer.write(rec) is False
     assert path.read_text().count("\n") == 1 and writer.pending  # nothing half-written, kept in memory
-    monkeypatch.setattr(os, "fsync", real_fsync)
+    monkeypatch.setattr(records, "_write_all", real_write)
     assert writer.write(rec) is True and not writer.pending
+    writer.close()
     assert len(read_windows(path)) == 3
+
+
+def test_records_are_fsynced_in_the_background_not_per_write(tmp_path: Path, monkeypatch):
+    import lightning_green.records as records
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(records.os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+    path = tmp_path / "energy.jsonl"
+    path.write_text(_record_line() + "\n")
+    rec = read_windows(path)[0]
+    writer = RecordWriter(path, fsync_every_s=3600)
+    for _ in range(5):
+        writer.write(rec)
+    assert synced == []  # no fsync on the caller's thread per write
+    writer.close()
+    assert len(synced) == 1  # one at the end
+    inline = RecordWriter(path, fsync_every_s=None)
+    inline.write(rec)
+    assert len(synced) == 2
 
 
 # ---------------------------------------------------------------- 13. concurrent writers

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, run_in_loopback_netns
+from conftest import PYTHON, REPO, run_in_loopback_netns
 
 from lightning_green.records import read_run, read_windows
 from lightning_green.report.pareto import pareto_mask
@@ -173,3 +173,41 @@ def test_asha_stops_weak_trials_and_the_energy_budget_stops_the_study(tmp_path: 
     trials = pd.read_csv(budget / "trials.csv")
     assert meta["stopped_by_energy_budget"] is True and meta["energy_used_j"] >= 2.0
     assert len(trials) < 8  # the study ended before its trial budget
+
+
+RAY_USER_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import ray
+    from ray import tune
+    from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
+    from lightning import Trainer
+    from lightning_green import EnergyMonitor
+    from lightning_green.data import DigitsDataModule
+    from lightning_green.models import LitClassifier, SimpleCNN
+
+    def trainable(config):
+        monitor = EnergyMonitor(output_dir=config["out"])
+        report = TuneReportCheckpointCallback({"energy": "energy/total_j"}, on="validation_end", save_checkpoints=False)
+        Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                callbacks=[monitor, report]).fit(LitClassifier(SimpleCNN(conv_layers=1)), datamodule=DigitsDataModule())
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    grid = tune.Tuner(trainable, param_space={"out": sys.argv[1]},
+                      run_config=tune.RunConfig(storage_path=sys.argv[2], name="user", verbose=0)).fit()
+    print("LAST", grid[0].metrics["energy"])
+    """
+)
+
+
+def test_a_ray_users_own_script_reports_the_whole_energy_at_validation_end(tmp_path: Path):
+    """Ray's documented pattern (TuneReportCheckpointCallback on validation_end) sees every joule."""
+    script = tmp_path / "user.py"
+    script.write_text(RAY_USER_SCRIPT)
+    out = tmp_path / "energy"
+    r = run_in_loopback_netns([PYTHON, str(script), str(out), str(tmp_path / "ray")], timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    last = float(r.stdout.split("LAST")[1].split()[0])
+    recorded = sum(w.energy_j for w in read_windows(out))
+    # Only the instant between the last validation's end and the epoch's end is after the report.
+    assert last == pytest.approx(recorded, rel=0.02)

@@ -45,10 +45,12 @@ class EnergyMonitor(Callback):
     r"""Measure the energy of each train epoch, validation run and test run.
 
     Each window is measured by a meter (see :func:`lightning_green.energy.make_meter`): GPU energy
-    counters through Zeus or NVML, CPU packages and DRAM through RAPL, and, on machines with no
+    counters through NVML (or Zeus), CPU packages and DRAM through RAPL, and, on machines with no
     counter, an estimate from process CPU time (labelled ``estimated:cpu-time``). Devices are
     synchronised at window edges. Validation inside ``fit`` is measured on its own and is *not*
-    part of the train epoch it interrupts.
+    part of the train epoch it interrupts. Slow counters (an NVML energy read takes about 4 ms on
+    an H200) are read by a background thread and interpolated at the edges, so the training thread
+    pays microseconds per edge (``sync_reads=True`` reads them at the edges instead).
 
     Logged through the Trainer's loggers and into ``trainer.callback_metrics``:
 
@@ -57,23 +59,31 @@ class EnergyMonitor(Callback):
     - ``power/train_avg_w``: its average power, in watts (``train_epoch_j / train_epoch_s``).
     - ``energy/val_epoch_j``: energy of the validation run that just ended, in joules.
     - ``energy/test_j``: energy of the test run, in joules.
-    - ``energy/total_j``: energy of every window so far (sanity check, train, validation, test),
-      in joules, continued across checkpoint resumes. Set-up outside the windows is not counted.
+    - ``energy/total_j``: energy of the run so far, in joules: every closed window (sanity check,
+      train, validation, test) plus, when logged at validation, the training of the epoch so far;
+      continued across checkpoint resumes. Set-up outside the windows is not counted.
     - ``energy/total_kwh``: the same in kilowatt-hours.
     - ``energy/co2e_g``: grams of CO2-equivalent: ``total_kwh x pue x carbon_intensity_g_per_kwh``.
-    - ``energy/forecast_fit_j``: after each train epoch, the predicted energy of the whole fit, in
-      joules: energy so far plus the mean energy of the last (up to) three epochs (train and their
-      validation) times the epochs still to run (from ``max_epochs``, or ``max_steps`` divided by
-      the batches per epoch, whichever ends first). Not logged when the fit has no end.
+    - ``energy/forecast_fit_j``: the predicted energy of the whole fit, in joules, logged after
+      each train epoch and once inside the first epoch (or every ``forecast_every_n_steps``
+      batches): energy so far + training energy per batch measured after a warm-up of
+      ``forecast_warmup_steps`` batches x batches left (from ``max_epochs``, ``max_steps``,
+      ``limit_train_batches``) + energy per validation run x validation runs left (see
+      :mod:`lightning_green.callbacks.forecast`). Not logged when the fit has no end.
+    - ``energy/forecast_fit_low_j``, ``energy/forecast_fit_high_j``: the forecast with the lowest
+      and highest per-batch rate measured since warm-up, in joules.
     - ``energy/complete``: 1 if every counter was read for the whole window, else 0.
 
     Written by global rank zero to ``output_dir``:
 
-    - ``energy.jsonl``: one :class:`~lightning_green.records.WindowRecord` per window (stage,
-      epoch, global step, start/end time, seconds, joules per domain and device, source per domain,
-      complete or not), flushed and fsynced as each window ends.
-    - ``energy_summary.json``: totals by stage, sources and assumptions, rewritten atomically after
-      the first window, then at most every 30 s, and at teardown with ``"finished": true``.
+    - ``energy.jsonl``: one :class:`~lightning_green.records.WindowRecord` per window (run id,
+      stage, epoch, global step, start/end time, seconds, joules per domain and device, source per
+      domain, complete or not, interrupted by what), one unbuffered append as each window ends (a
+      kill loses nothing written), fsynced in the background every 2 s and at the end (a power cut
+      loses at most those seconds).
+    - ``energy_summary.json``: totals by stage, sources and assumptions, the forecast, why the fit
+      stopped (``stopped_by``, ``ended_by``), rewritten atomically after the first window, then at
+      most every 30 s, on an exception (``"finished": false``) and at teardown.
 
     Under DDP every rank measures its own GPU, one process per node reads the node-wide CPU/DRAM
     counters, and rank zero writes the merged records: nothing is counted twice.
@@ -86,10 +96,17 @@ class EnergyMonitor(Callback):
         watts_per_core: Watts per busy core for the CPU-time estimate (default 12, Green Algorithms).
         rapl_root: The powercap sysfs tree to read (default ``/sys/class/powercap``).
         log: Log the metrics through the Trainer (records are written either way).
+        sync_reads: Read GPU and RAPL counters at each window edge on the training thread.
+        forecast_warmup_steps: Training batches at the start of a fit left out of the forecast's
+            rate (at most a quarter of an epoch).
+        forecast_every_n_steps: Also forecast every this many batches (``None``: once in the
+            first epoch, then at each epoch end).
+        meter: A meter to read instead of one built from ``backend`` (your own counter; the
+            monitor does not close it).
 
     Raises:
-        ValueError: On an unknown backend, a negative carbon intensity, a PUE below 1, a
-            non-positive ``watts_per_core``.
+        ValueError: On an unknown backend, a negative, NaN or infinite carbon intensity, a PUE
+            below 1, a non-positive ``watts_per_core``, a boolean where a number belongs.
         lightning_green.energy.MeterUnavailableError: In ``setup`` when an explicitly named
             backend cannot work on this machine.
 
@@ -117,8 +134,12 @@ class EnergyMonitor(Callback):
         sync_reads: bool = False,
         forecast_warmup_steps: int = 10,
         forecast_every_n_steps: int | None = None,
+        meter: Meter | None = None,
     ) -> None:
         check_backend(backend)
+        if meter is not None and not isinstance(meter, Meter):
+            raise ValueError(f"meter must be a lightning_green.energy.Meter or None; got {meter!r}")
+        self._user_meter = meter
         self.sync_reads = check_bool("sync_reads", sync_reads)
         self.forecast_warmup_steps = check_int("forecast_warmup_steps", forecast_warmup_steps, 0)
         self.forecast_every_n_steps = (
@@ -195,7 +216,7 @@ class EnergyMonitor(Callback):
             if device.type == "cuda"
             else []
         )
-        self.meter = make_meter(
+        self.meter = self._user_meter or make_meter(
             self.backend,
             gpu_indices=gpus,
             measure_node=trainer.local_rank == 0,
@@ -247,8 +268,10 @@ class EnergyMonitor(Callback):
         self._paused_train = False
 
     def _release(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
         meter, self.meter = self.meter, None
-        if meter is not None:
+        if meter is not None and meter is not self._user_meter:
             try:
                 meter.close()
             except Exception as err:  # a meter that fails to close must not hide the real outcome

@@ -680,7 +680,9 @@ class LayerEnergyProfiler(Callback):
                             complete=t["joules_per_step"] is not None)
                 for t in types
             ]  # fmt: skip
-            RecordWriter(self.output_dir / RECORDS_FILE).write_many(records)
+            writer = RecordWriter(self.output_dir / RECORDS_FILE)
+            writer.write_many(records)
+            writer.close()
 
     def _plot(self, types: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
         import matplotlib
