@@ -128,6 +128,8 @@ class EnergySchema:
     watts_per_core: float = 12.0
     rapl_root: str = "/sys/class/powercap"
     sync_reads: bool = False
+    baseline_s: float = 2.0
+    idle_w: Any = None
     budget_j: float | None = None
     budget_check: str = "spent"
     budget_on_exceed: str = "stop"

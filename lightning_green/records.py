@@ -73,6 +73,8 @@ class WindowRecord:
     world_size: int = 1
     #: Why the window ended early (an exception, Ctrl-C); ``None`` for a window that ran to its end.
     interrupted: str | None = None
+    #: Energy above the devices' idle baseline, in joules; ``None`` when no baseline applies.
+    dynamic_j: float | None = None
     kind: str = "window"
     schema: int = SCHEMA_VERSION
 
@@ -94,6 +96,7 @@ class WindowRecord:
             complete=reading.complete,
             assumptions=reading.assumptions,
             world_size=world_size,
+            dynamic_j=reading.dynamic_joules,
         )
 
     def reading(self) -> Reading:
@@ -342,6 +345,8 @@ def _record(data: Any, where: str) -> WindowRecord | LayerRecord:
     if isinstance(record, WindowRecord):
         _check_joules(where, "energy_j", record.energy_j)
         _check_joules(where, "seconds", record.seconds)
+        if record.dynamic_j is not None:
+            _check_joules(where, "dynamic_j", record.dynamic_j)
         for n, d in enumerate(record.domains):
             if not isinstance(d, dict) or "joules" not in d:
                 raise RecordError(f"{where}: field domains[{n}] is not a domain reading")
@@ -431,6 +436,8 @@ class RunRecord:
     epochs: int
     #: Earlier runs (checkpoints) whose energy this run's totals include.
     resumed_from: list[str] = field(default_factory=list)
+    #: Training energy above the devices' idle baseline (``energy_j`` minus idle power x time).
+    dynamic_j: float | None = None
     kind: str = "run"
     schema: int = SCHEMA_VERSION
 

@@ -84,6 +84,8 @@ def build_run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
             watts_per_core=e.watts_per_core,
             rapl_root=e.rapl_root,
             sync_reads=e.sync_reads,
+            baseline_s=e.baseline_s,
+            idle_w=to_container(e.idle_w) if e.idle_w is not None else None,
         )
     except ValueError as err:
         raise config_error("energy", err) from err
@@ -170,10 +172,16 @@ def run_training(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = No
         complete=m.incomplete_windows == 0,
         epochs=len(m.epoch_j),
         resumed_from=list(m.resumed_from),
+        dynamic_j=_fit_dynamic_j(m) if m.baseline is not None else None,
     )
     if run.trainer.is_global_zero:
         write_run(cfg.output_dir, record)
     return record
+
+
+def _fit_dynamic_j(m: EnergyMonitor) -> float | None:
+    parts = [m.stage_dynamic_j.get(stage, 0.0) for stage in ("train", "validate", "sanity_check")]
+    return None if any(p is None for p in parts) else float(sum(parts))  # type: ignore[arg-type]
 
 
 def _metric(trainer: pl.Trainer, key: str) -> float | None:

@@ -60,11 +60,14 @@ def test_multirun_then_report(tmp_path: Path):
     assert [int(r["model.conv_layers"]) for r in rows] == [1, 2]
     for row in rows:
         assert float(row["energy_j"]) > 0 and row["source"] == "cpu=estimated:cpu-time"
+        assert float(row["dynamic_j"]) == pytest.approx(float(row["energy_j"]))  # an estimate is dynamic
         assert int(row["params"]) > 0 and int(row["flops_per_sample"]) > 0
     assert int(rows[1]["flops_per_sample"]) > int(rows[0]["flops_per_sample"])
     for name in ("summary.md", "main_effects.csv", "accuracy_vs_energy.png", "energy_by_factor.png"):
         assert (sweep / name).stat().st_size > 0, name
     assert "eta^2" in (sweep / "summary.md").read_text()
+    with open(sweep / "main_effects.csv") as f:
+        assert {r["response"] for r in csv.DictReader(f)} == {"energy_j", "dynamic_j"}
 
 
 def test_invalid_override_fails_before_training(tmp_path: Path):

@@ -133,6 +133,18 @@ def test_missing_dataset_says_where_it_looked(tmp_path: Path):
         ("energy.backend=watts", r"energy\.backend must be one of auto, zeus, nvml, rapl, estimate"),
         ("energy.pue=0.5", r"energy\.pue must be a finite number >= 1"),
         ("data.batch_size=0", r"data\.batch_size must be an integer >= 1"),
+        # NaN, infinity and out-of-range numbers, in every numeric field the tree hands on
+        ("energy.pue=nan", r"energy\.pue must be a finite number >= 1"),
+        (
+            "energy.carbon_intensity_g_per_kwh=inf",
+            r"energy\.carbon_intensity_g_per_kwh must be a finite number",
+        ),
+        ("energy.watts_per_core=inf", r"energy\.watts_per_core must be a finite number > 0"),
+        ("optimizer.lr=inf", r"optimizer\.lr must be a finite number > 0"),
+        ("energy.budget_j=nan", r"energy\.budget_j must be a finite number > 0"),
+        ("energy.stop_gain_per_kj=-1", r"energy\.stop_gain_per_kj must be a finite number >= 0"),
+        ("energy.budget_check=later", r"energy\.budget_check must be one of spent, forecast"),
+        ("energy.baseline_s=-1", r"energy\.baseline_s must be a finite number >= 0"),
     ],
 )
 def test_invalid_values_fail_before_training_naming_the_key(override: str, message: str, tmp_path: Path):

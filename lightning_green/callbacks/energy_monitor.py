@@ -23,6 +23,7 @@ from typing_extensions import override
 from lightning_green._checks import check_bool, check_int, check_number
 from lightning_green.callbacks.forecast import FitForecaster, Forecast
 from lightning_green.energy import DEFAULT_WATTS_PER_CORE, CarbonModel, Meter, Reading, make_meter
+from lightning_green.energy.baseline import IdleBaseline, apply_baseline, given_baseline, measure_idle
 from lightning_green.energy.carbon import DEFAULT_INTENSITY_G_PER_KWH, DEFAULT_PUE
 from lightning_green.energy.rapl import DEFAULT_ROOT
 from lightning_green.energy.reading import DomainEnergy, merge_parallel, merge_readings
@@ -73,6 +74,10 @@ class EnergyMonitor(Callback):
     - ``energy/forecast_fit_low_j``, ``energy/forecast_fit_high_j``: the forecast with the lowest
       and highest per-batch rate measured since warm-up, in joules.
     - ``energy/complete``: 1 if every counter was read for the whole window, else 0.
+    - ``energy/train_epoch_dynamic_j``, ``energy/total_dynamic_j``: the same energies above the
+      devices' idle baseline (energy - idle watts x seconds), in joules: what model choices
+      change, while the total is what the bill and the carbon are. Logged while a baseline applies
+      (see ``baseline_s``); an ``estimated:cpu-time`` figure is dynamic already and is not reduced.
 
     Written by global rank zero to ``output_dir``:
 
@@ -103,6 +108,11 @@ class EnergyMonitor(Callback):
             first epoch, then at each epoch end).
         meter: A meter to read instead of one built from ``backend`` (your own counter; the
             monitor does not close it).
+        baseline_s: Seconds of idle measurement at set-up, before training, with the devices
+            synchronised, giving each measured device's idle power (default 2; 0 turns static /
+            dynamic energy off). Skipped when only estimates are read. A warning is given when
+            the device looked busy (another process on the GPU, CPU load).
+        idle_w: Idle watts per channel to use as is instead of measuring, e.g. ``{"gpu:0": 80.0}``.
 
     Raises:
         ValueError: On an unknown backend, a negative, NaN or infinite carbon intensity, a PUE
@@ -135,8 +145,12 @@ class EnergyMonitor(Callback):
         forecast_warmup_steps: int = 10,
         forecast_every_n_steps: int | None = None,
         meter: Meter | None = None,
+        baseline_s: float = 2.0,
+        idle_w: dict[str, float] | None = None,
     ) -> None:
         check_backend(backend)
+        self.baseline_s = check_number("baseline_s", baseline_s, minimum=0.0, unit="seconds")
+        self.baseline: IdleBaseline | None = given_baseline(idle_w) if idle_w is not None else None
         if meter is not None and not isinstance(meter, Meter):
             raise ValueError(f"meter must be a lightning_green.energy.Meter or None; got {meter!r}")
         self._user_meter = meter
@@ -182,6 +196,8 @@ class EnergyMonitor(Callback):
         self.epoch_j: list[float] = []  # train + its validation, per completed epoch
         self.forecast_fit_j: float | None = None
         self.interrupted_windows = 0
+        self.total_dynamic_j: float | None = 0.0  # None once a window's dynamic energy is unknown
+        self.stage_dynamic_j: dict[str, float | None] = {}
         self.carried_j = 0.0  # energy carried over from a checkpoint's run(s)
         self.forecast: Forecast | None = None
         self.stopped_by: str | None = None
@@ -226,6 +242,7 @@ class EnergyMonitor(Callback):
             include_children=trainer.world_size == 1,
             sync_reads=self.sync_reads,
         )
+        self._measure_baseline()
         self._is_writer = trainer.is_global_zero
         if self._is_writer:
             if self.output_dir is None:
@@ -233,6 +250,36 @@ class EnergyMonitor(Callback):
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self._writer = RecordWriter(self.output_dir / RECORDS_FILE)
         rank_zero_info(f"lightning-green EnergyMonitor: {self.meter.describe()}")
+
+    def _measure_baseline(self) -> None:
+        """Idle power per device, once per monitor, before anything of ours runs on it."""
+        if self.baseline is not None or self.baseline_s == 0 or self.meter is None:
+            return
+        if not any(c.source.startswith("measured") for c in self.meter.channels):
+            self.baseline = IdleBaseline(
+                {}, "none needed: an estimate counts only the process's own CPU time"
+            )
+            return
+        try:
+            self.baseline = measure_idle(self.meter, self.baseline_s)
+        except Exception as err:  # no baseline: dynamic energy unknown, training goes on
+            self.meter.discard_window("idle_baseline")
+            rank_zero_warn(
+                f"lightning-green: the idle baseline could not be measured ({err!r}); no dynamic energy"
+            )
+            self.baseline = IdleBaseline({}, f"failed: {err!r}")
+            return
+        if self.baseline.busy:
+            rank_zero_warn(
+                "lightning-green: the devices may not have been idle while the idle baseline was measured ("
+                + "; ".join(self.baseline.busy)
+                + "), so dynamic energy may be understated; pass idle_w={...} or measure on an idle machine."
+            )
+        rank_zero_info(
+            "lightning-green EnergyMonitor: idle baseline "
+            + (", ".join(f"{k} {w:.1f} W" for k, w in self.baseline.watts.items()) or "none")
+            + f" ({self.baseline.how})"
+        )
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -340,6 +387,8 @@ class EnergyMonitor(Callback):
             failed_domains = failed_domains or (DomainEnergy("unknown", "-", None, "failed", False),)
             segments = [*segments, Reading(start, now, 0.0, failed_domains)]
         local = merge_readings(segments)
+        if self.baseline is not None:
+            local = apply_baseline(local, self.baseline)
         reading = self._gather(trainer, local)
         self._account(trainer, stage, reading, interrupted=interrupted)
         return reading
@@ -357,7 +406,9 @@ class EnergyMonitor(Callback):
         for rank, r in enumerate(gathered):
             assert r is not None
             domains = tuple(
-                DomainEnergy(d.domain, f"rank{rank}/{d.device}", d.joules, d.source, d.complete)
+                DomainEnergy(
+                    d.domain, f"rank{rank}/{d.device}", d.joules, d.source, d.complete, d.dynamic_joules
+                )
                 for d in r.domains
             )
             per_rank.append(Reading(r.start_time, r.end_time, r.seconds, domains, r.assumptions))
@@ -374,6 +425,12 @@ class EnergyMonitor(Callback):
             self._val_runs += 1
             self._val_run_j += j
         self.stage_j[stage] = self.stage_j.get(stage, 0.0) + j
+        dyn = reading.dynamic_joules
+        prev_dyn = self.stage_dynamic_j.get(stage, 0.0)
+        self.stage_dynamic_j[stage] = None if dyn is None or prev_dyn is None else prev_dyn + dyn
+        self.total_dynamic_j = (
+            None if dyn is None or self.total_dynamic_j is None else self.total_dynamic_j + dyn
+        )
         self.stage_s[stage] = self.stage_s.get(stage, 0.0) + reading.seconds
         self.windows += 1
         for domain, source in reading.sources.items():
@@ -421,6 +478,10 @@ class EnergyMonitor(Callback):
             "energy/co2e_g": self.carbon.co2e_g(total),
             "energy/complete": float(reading.complete),
         }
+        if self.baseline is not None and self.total_dynamic_j is not None:
+            metrics["energy/total_dynamic_j"] = self.total_dynamic_j + sum(
+                r.dynamic_joules or 0.0 for r in self._segments.get(_TRAIN, ())
+            )
         # Straight to the loggers (float64, one call each) rather than LightningModule.log, whose
         # per-key bookkeeping cost more than the measurement itself on short epochs.
         for logger in trainer.loggers:
@@ -538,6 +599,8 @@ class EnergyMonitor(Callback):
             "time/train_epoch_s": reading.seconds,
             "power/train_avg_w": reading.watts,
         }
+        if self.baseline is not None and reading.dynamic_joules is not None:
+            metrics["energy/train_epoch_dynamic_j"] = reading.dynamic_joules
         if self.forecast is not None:
             metrics["energy/forecast_fit_j"] = self.forecast.fit_j
             metrics["energy/forecast_fit_low_j"] = self.forecast.low_j
@@ -609,6 +672,15 @@ class EnergyMonitor(Callback):
             "pue": self.carbon.pue,
             "stage_j": dict(self.stage_j),
             "stage_s": dict(self.stage_s),
+            "idle_baseline": self.baseline.to_dict() if self.baseline is not None else None,
+            "total_dynamic_j": self.total_dynamic_j if self.baseline is not None else None,
+            "stage_dynamic_j": dict(self.stage_dynamic_j) if self.baseline is not None else {},
+            "dynamic_covers": (
+                "energy above the idle baseline (energy - idle watts x seconds, per device); "
+                "estimated:cpu-time figures are dynamic already and are not reduced"
+                if self.baseline is not None
+                else "no idle baseline (baseline_s=0 and no idle_w): dynamic energy not computed"
+            ),
             "sources": dict(self.sources),
             "windows": self.windows,
             "incomplete_windows": self.incomplete_windows,
@@ -658,6 +730,7 @@ class EnergyMonitor(Callback):
             "windows": self.windows,
             "incomplete_windows": self.incomplete_windows,
             "epoch_j": list(self.epoch_j),
+            "total_dynamic_j": self.total_dynamic_j,
         }
 
     @override
@@ -673,6 +746,8 @@ class EnergyMonitor(Callback):
         self.windows = int(state_dict["windows"])
         self.incomplete_windows = int(state_dict["incomplete_windows"])
         self.epoch_j = list(state_dict["epoch_j"])
+        carried_dynamic = state_dict.get("total_dynamic_j")
+        self.total_dynamic_j = float(carried_dynamic) if carried_dynamic is not None else None
 
 
 def _total_batches(trainer: pl.Trainer) -> float:

@@ -129,6 +129,11 @@ class Meter(ABC):
     def synchronize(self) -> None:
         """Wait for queued device work (no-op for CPU meters)."""
 
+    def busy(self) -> list[str]:
+        """Signs that the measured devices are busy with other work right now (another process on
+        the GPU, CPU load), for checking an idle baseline; empty when nothing is seen."""
+        return []
+
     def close(self) -> None:
         """Release threads and handles."""
 
@@ -419,6 +424,9 @@ class CompositeMeter(Meter):
         super().discard_window(name)
         for m in self.meters:
             m.discard_window(name)
+
+    def busy(self) -> list[str]:
+        return [note for m in self.meters for note in m.busy()]
 
     def _peek(self, name: str, token: Any) -> list[DomainEnergy] | None:
         readings = [m.peek(name) for m in self.meters]

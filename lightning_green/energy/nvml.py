@@ -51,6 +51,10 @@ def torch_cuda_sync(indices: Sequence[int]) -> Callable[[], None] | None:
     return sync
 
 
+#: GPU utilisation (percent) above which an idle baseline is reported as possibly busy.
+BUSY_UTILISATION_PCT = 5
+
+
 class _PowerIntegrator:
     """Integrates sampled power into a cumulative energy counter."""
 
@@ -139,6 +143,17 @@ class NvmlMeter(CounterMeter):
             Channel("gpu", str(i), "measured:nvml-power" if i in self._integrators else "measured:nvml")
             for i in self.gpu_indices
         )
+
+    def busy(self) -> list[str]:
+        out = []
+        for i, handle in self._handles.items():
+            try:
+                util = self._nvml.nvmlDeviceGetUtilizationRates(handle).gpu
+            except Exception:
+                continue
+            if util > BUSY_UTILISATION_PCT:
+                out.append(f"gpu:{i} was {util}% utilised (another process on the GPU?)")
+        return out
 
     def _sample_power(self) -> None:
         for integ in self._integrators.values():

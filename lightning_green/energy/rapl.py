@@ -32,6 +32,8 @@ DEFAULT_ROOT = "/sys/class/powercap"
 #: Highest power (W) a package or DRAM zone is assumed able to draw when judging a wrap; well above
 #: the TDP of any current CPU package (about 500 W), so that only impossible jumps are rejected.
 DEFAULT_MAX_POWER_W = 2000.0
+#: One-minute load average per core above which an idle baseline is reported as possibly busy.
+BUSY_LOAD_PER_CORE = 0.25
 _ZONE = re.compile(r"^intel-rapl:(\d+)$")
 _SUBZONE = re.compile(r"^intel-rapl:(\d+):(\d+)$")
 
@@ -154,6 +156,16 @@ class RaplMeter(CounterMeter):
         if self.skipped:
             out["rapl_skipped_zones"] = list(self.skipped)
         return out
+
+    def busy(self) -> list[str]:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:
+            return []
+        cores = os.cpu_count() or 1
+        if load > BUSY_LOAD_PER_CORE * cores:
+            return [f"the CPU load average was {load:.2f} on {cores} cores (other processes running?)"]
+        return []
 
     def describe(self) -> str:
         text = super().describe()

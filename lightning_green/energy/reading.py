@@ -26,6 +26,9 @@ class DomainEnergy:
         source: ``measured:<how>`` or ``estimated:<model>``.
         complete: ``False`` when the counter failed during the window; ``joules`` is then ``None``
             or covers only part of the window.
+        dynamic_joules: Energy above the device's idle baseline (``joules`` minus idle power x
+            seconds, at least 0); ``None`` when no baseline applies. See
+            :mod:`lightning_green.energy.baseline`.
     """
 
     domain: str
@@ -33,19 +36,23 @@ class DomainEnergy:
     joules: float | None
     source: str
     complete: bool = True
+    dynamic_joules: float | None = None
 
     @property
     def key(self) -> str:
         return f"{self.domain}:{self.device}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "domain": self.domain,
             "device": self.device,
             "joules": self.joules,
             "source": self.source,
             "complete": self.complete,
         }
+        if self.dynamic_joules is not None:
+            out["dynamic_joules"] = self.dynamic_joules
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DomainEnergy:
@@ -55,6 +62,7 @@ class DomainEnergy:
             joules=data["joules"],
             source=data["source"],
             complete=bool(data.get("complete", True)),
+            dynamic_joules=data.get("dynamic_joules"),
         )
 
 
@@ -80,6 +88,14 @@ class Reading:
     def joules(self) -> float:
         """Sum of every domain that was read (failed domains contribute nothing; see ``complete``)."""
         return float(sum(d.joules for d in self.domains if d.joules is not None))
+
+    @property
+    def dynamic_joules(self) -> float | None:
+        """Energy above the idle baseline, summed over domains read; ``None`` when no baseline applies."""
+        read = [d for d in self.domains if d.joules is not None]
+        if not read or any(d.dynamic_joules is None for d in read):
+            return None
+        return float(sum(d.dynamic_joules for d in read))  # type: ignore[misc]
 
     @property
     def complete(self) -> bool:
@@ -159,11 +175,17 @@ def _merge_domains(readings: list[Reading]) -> tuple[DomainEnergy, ...]:
             joules = (
                 None if prev.joules is None and d.joules is None else (prev.joules or 0.0) + (d.joules or 0.0)
             )
+            dynamic = (
+                None
+                if prev.dynamic_joules is None or d.dynamic_joules is None
+                else prev.dynamic_joules + d.dynamic_joules
+            )
             acc[d.key] = DomainEnergy(
                 domain=d.domain,
                 device=d.device,
                 joules=joules,
                 source=prev.source if prev.source == d.source else f"{prev.source}+{d.source}",
                 complete=prev.complete and d.complete and prev.joules is not None and d.joules is not None,
+                dynamic_joules=dynamic,
             )
     return tuple(acc.values())

@@ -14,6 +14,7 @@ COLUMNS = [
     "test_acc",
     "val_acc",
     "energy_j",
+    "dynamic_j",
     "energy_kwh",
     "total_j",
     "co2e_g",
@@ -50,7 +51,10 @@ def load_runs(root: str | Path) -> pd.DataFrame:
         # those of the runs it resumed from, never another run's.
         lineage = {rec.run_id, *rec.resumed_from}
         windows = [w for w in read_windows(path) if w.run_id in lineage]
-        fit_j = sum(w.energy_j for w in windows if w.stage in ("train", "validate", "sanity_check"))
+        fit = [w for w in windows if w.stage in ("train", "validate", "sanity_check")]
+        fit_j = sum(w.energy_j for w in fit)
+        dynamic = [w.dynamic_j for w in fit]
+        dynamic_j = float(sum(dynamic)) if fit and all(d is not None for d in dynamic) else float("nan")
         row: dict[str, object] = {"run": str(path.relative_to(root)) if path != root else "."}
         for ov in rec.overrides:
             kv = _parse_override(ov)
@@ -60,6 +64,7 @@ def load_runs(root: str | Path) -> pd.DataFrame:
             test_acc=rec.test_acc,
             val_acc=rec.val_acc,
             energy_j=fit_j,
+            dynamic_j=dynamic_j,
             energy_kwh=fit_j / JOULES_PER_KWH,
             total_j=rec.total_j,
             co2e_g=rec.co2e_g,
@@ -101,6 +106,8 @@ def main_effects(df: pd.DataFrame, response: str = "energy_j") -> pd.DataFrame:
     from the highest level to the lowest."""
     y = df[response].astype(float)
     ss_total = float(((y - y.mean()) ** 2).sum())
+    if df[response].isna().all():
+        return pd.DataFrame(columns=["response", "factor", "eta_sq", "levels", "change_high_to_low"])
     rows = []
     for f in swept_factors(df):
         groups = df.groupby(f)[response]
@@ -111,6 +118,7 @@ def main_effects(df: pd.DataFrame, response: str = "energy_j") -> pd.DataFrame:
         change = (means[lo] - means[hi]) / means[hi] if means[hi] else float("nan")
         rows.append(
             {
+                "response": response,
                 "factor": f,
                 "eta_sq": ss / ss_total if ss_total > 0 else float("nan"),
                 "levels": ", ".join(f"{lv}: {means[lv]:.4g}" for lv in levels),
@@ -130,15 +138,22 @@ def write_tables(df: pd.DataFrame, out: Path, effects: pd.DataFrame | None) -> l
         f"Energy source: {'; '.join(sources)}. `energy_j` is training energy (train epochs, validation, "
         "sanity check); `total_j` adds the test run."
     )
+    text.append(
+        "`dynamic_j` is the training energy above the devices' idle baseline (what model choices change; "
+        "NaN without a baseline); an `estimated:cpu-time` figure is dynamic already."
+    )
     if effects is not None and not effects.empty:
         paths.append(out / "main_effects.csv")
         effects.to_csv(paths[-1], index=False)
-        text += [
-            "",
-            "## Main effects on training energy (share of variance explained, eta^2)",
-            "",
-            markdown_table(effects),
-        ]
+        for response, title in (("energy_j", "training energy"), ("dynamic_j", "dynamic training energy")):
+            part = effects[effects["response"] == response]
+            if not part.empty:
+                text += [
+                    "",
+                    f"## Main effects on {title} (share of variance explained, eta^2)",
+                    "",
+                    markdown_table(part.drop(columns="response")),
+                ]
     paths[1].write_text("\n".join(text) + "\n")
     return paths
 
@@ -190,7 +205,7 @@ def plot_runs(df: pd.DataFrame, out: Path, effects: pd.DataFrame | None) -> list
             ax.bar([str(i) for i in means.index], means.values, color="tab:orange")
             title = f
             if effects is not None and not effects.empty:
-                eta = effects.set_index("factor").loc[f, "eta_sq"]
+                eta = effects[effects["response"] == "energy_j"].set_index("factor").loc[f, "eta_sq"]
                 title += f"\neta^2 = {eta:.3f}"
             ax.set_title(title, fontsize=9)
             ax.set_ylabel("mean training energy (J)")
@@ -212,5 +227,9 @@ def report_runs(root: str | Path, out: str | Path | None = None) -> list[Path]:
     root = Path(root)
     out = Path(out) if out else root
     df = load_runs(root)
-    effects = main_effects(df) if swept_factors(df) else None
+    effects = (
+        pd.concat([main_effects(df, "energy_j"), main_effects(df, "dynamic_j")], ignore_index=True)
+        if swept_factors(df)
+        else None
+    )
     return write_tables(df, out, effects) + plot_runs(df, out, effects)

@@ -34,6 +34,10 @@ def study_metrics(
         "failed": int((t["status"] == "ERROR").sum()) if "status" in t else 0,
         "best_accuracy": float(acc.max()) if ok.any() else math.nan,
         "total_energy_j": float(cum[-1]) if len(cum) else 0.0,
+        # Above the devices' idle baseline (NaN when the trials had none); CPU estimates are dynamic already.
+        "total_dynamic_energy_j": float(t["dynamic_j"].astype(float).sum(min_count=1))
+        if "dynamic_j" in t
+        else math.nan,
         "energy_to_target_j": None,
         "trials_to_target": None,
     }
@@ -75,6 +79,7 @@ def compare_table(
                 "best_accuracy": float(np.mean([m["best_accuracy"] for m in ms])),
                 "best_accuracy_sd": float(np.std([m["best_accuracy"] for m in ms])),
                 "total_energy_j": float(np.mean([m["total_energy_j"] for m in ms])),
+                "total_dynamic_energy_j": float(np.mean([m["total_dynamic_energy_j"] for m in ms])),
                 "energy_to_target_j": float(np.mean(reached)) if reached else "never",
                 "trials_to_target": float(np.mean(tt)) if tt else "never",
                 "reached_target": f"{len(reached)}/{len(ms)}",

@@ -232,6 +232,7 @@ def trials_table(grid: Any, acc: str, energy: str) -> pd.DataFrame:
         row.update(
             accuracy=m.get(acc),
             energy_j=m.get(energy),
+            dynamic_j=m.get("dynamic_j"),
             test_acc=m.get("test_acc"),
             total_j=m.get("total_j", m.get(energy)),
             epochs=m.get("epochs", m.get("training_iteration")),

@@ -37,6 +37,7 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], cpus_per_trial: in
         {
             "val_acc": record.val_acc,
             "energy_j": record.energy_j,
+            "dynamic_j": record.dynamic_j,
             "test_acc": record.test_acc,
             "total_j": record.total_j,
             "epochs": record.epochs,
