@@ -9,7 +9,6 @@ import math
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -17,6 +16,7 @@ from typing_extensions import override
 
 from lightning_green._checks import check_bool, check_int, check_number
 from lightning_green.callbacks.energy_monitor import EnergyMonitor
+from lightning_green.callbacks.publish import publish
 from lightning_green.energy.carbon import JOULES_PER_KWH
 
 ON_EXCEED = ("stop", "warn")
@@ -153,9 +153,7 @@ class EnergyBudget(Callback):
         assert self.monitor is not None
         spent = self.monitor.spent_j()
         used = spent / self.budget_j if self.budget_j > 0 else math.inf
-        for logger in trainer.loggers:
-            logger.log_metrics({"energy/budget_used": used}, step=trainer.global_step)
-        trainer.callback_metrics["energy/budget_used"] = torch.tensor(used, dtype=torch.float64)
+        publish(trainer, {"energy/budget_used": used})
         reason = None
         if spent >= self.budget_j:
             reason = f"EnergyBudget: spent {spent:.4g} J, the budget is {self.budget_j:.4g} J"

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -17,6 +16,7 @@ from typing_extensions import override
 
 from lightning_green._checks import check_bool, check_int, check_number
 from lightning_green.callbacks.energy_monitor import EnergyMonitor
+from lightning_green.callbacks.publish import publish
 
 MODES = ("max", "min")
 
@@ -148,9 +148,7 @@ class EnergyEfficientStopping(Callback):
         gain = (b1 - b0) * (1 if self.mode == "max" else -1)
         per_kj = gain / kj if kj > 0 else float("inf") if gain > 0 else 0.0
         self.last_gain_per_kj = per_kj
-        for logger in trainer.loggers:
-            logger.log_metrics({"energy/gain_per_kj": per_kj}, step=trainer.global_step)
-        trainer.callback_metrics["energy/gain_per_kj"] = torch.tensor(per_kj, dtype=torch.float64)
+        publish(trainer, {"energy/gain_per_kj": per_kj})
         self.wait_count = self.wait_count + 1 if per_kj < self.min_gain_per_kj else 0
         if self.verbose:
             rank_zero_info(

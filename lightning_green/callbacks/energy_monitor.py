@@ -22,6 +22,7 @@ from typing_extensions import override
 
 from lightning_green._checks import check_bool, check_int, check_number
 from lightning_green.callbacks.forecast import FitForecaster, Forecast
+from lightning_green.callbacks.publish import publish
 from lightning_green.energy import DEFAULT_WATTS_PER_CORE, CarbonModel, Meter, Reading, make_meter
 from lightning_green.energy.baseline import IdleBaseline, apply_baseline, given_baseline, measure_idle
 from lightning_green.energy.carbon import DEFAULT_INTENSITY_G_PER_KWH, DEFAULT_PUE
@@ -482,11 +483,7 @@ class EnergyMonitor(Callback):
             metrics["energy/total_dynamic_j"] = self.total_dynamic_j + sum(
                 r.dynamic_joules or 0.0 for r in self._segments.get(_TRAIN, ())
             )
-        # Straight to the loggers (float64, one call each) rather than LightningModule.log, whose
-        # per-key bookkeeping cost more than the measurement itself on short epochs.
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-        trainer.callback_metrics.update({k: torch.tensor(v, dtype=torch.float64) for k, v in metrics.items()})
+        publish(trainer, metrics)
 
     # ------------------------------------------------------------------ running figures
     def _paused_train_j(self) -> float:
@@ -565,15 +562,13 @@ class EnergyMonitor(Callback):
             return
         self.forecast, self.forecast_fit_j = f, f.fit_j
         if mid_epoch and self.log_metrics:
-            metrics = {
-                "energy/forecast_fit_j": f.fit_j,
-                "energy/forecast_fit_low_j": f.low_j,
-                "energy/forecast_fit_high_j": f.high_j,
-            }
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step)
-            trainer.callback_metrics.update(
-                {k: torch.tensor(v, dtype=torch.float64) for k, v in metrics.items()}
+            publish(
+                trainer,
+                {
+                    "energy/forecast_fit_j": f.fit_j,
+                    "energy/forecast_fit_low_j": f.low_j,
+                    "energy/forecast_fit_high_j": f.high_j,
+                },
             )
 
     def _val_runs_left(self, trainer: pl.Trainer) -> float:

@@ -27,6 +27,7 @@ from lightning_green._checks import check_bool, check_number
 from lightning_green._checks import check_int as _check_int
 from lightning_green.callbacks.energy_monitor import DEFAULT_OUTPUT_DIR, EnergyMonitor
 from lightning_green.callbacks.layer_types import LAYER_TYPES, layer_type
+from lightning_green.callbacks.publish import publish
 from lightning_green.energy import Meter, check_backend, make_meter
 from lightning_green.records import RECORDS_FILE, LayerRecord, RecordWriter
 
@@ -626,9 +627,7 @@ class LayerEnergyProfiler(Callback):
             for t in types
             if t["joules_per_step"] is not None
         }
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-        trainer.callback_metrics.update({k: torch.tensor(v, dtype=torch.float64) for k, v in metrics.items()})
+        publish(trainer, metrics)
         if not self._writer_rank or self.output_dir is None:
             return
         rows = self.rows()
