@@ -259,9 +259,7 @@ def test_budget_holds_across_a_checkpoint_resume(tmp_path: Path):
     t.fit(_model(), datamodule=DigitsDataModule())
     steps = t.global_step
     resumed = EnergyMonitor(output_dir=tmp_path / "b")
-    t2 = _trainer(
-        resumed, EnergyBudget(max_j=1.0, check_every_n_steps=1), max_epochs=50, enable_checkpointing=True
-    )
+    t2 = _trainer(resumed, EnergyBudget(max_j=1.0, check_every_n_steps=1), max_epochs=50)
     t2.fit(_model(), datamodule=DigitsDataModule(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     assert t2.global_step <= steps + 1  # the carried-over energy is already over budget
     assert read_summary(tmp_path / "b")["stopped_by"].startswith("EnergyBudget")
@@ -318,7 +316,7 @@ def test_efficient_stopping_state_survives_a_resume(tmp_path: Path):
     t.fit(Scripted(SimpleCNN(conv_layers=1)), datamodule=DigitsDataModule())
     assert first.wait_count == 1 and t.current_epoch == 4  # epoch 3 gained nothing: 1 of 2
     second = EnergyEfficientStopping(monitor="val_acc", min_gain_per_kj=1.0, patience=2)
-    t2 = _trainer(EnergyMonitor(output_dir=tmp_path), second, max_epochs=10, enable_checkpointing=True)
+    t2 = _trainer(EnergyMonitor(output_dir=tmp_path), second, max_epochs=10)
     t2.fit(
         Scripted(SimpleCNN(conv_layers=1)),
         datamodule=DigitsDataModule(),

@@ -117,12 +117,18 @@ def test_two_fits_are_two_runs_and_resume_keeps_lineage(tmp_path: Path):
 
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     t = Trainer(
-        max_epochs=1, logger=False, enable_progress_bar=False, callbacks=[EnergyMonitor(output_dir=out), ckpt]
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[EnergyMonitor(output_dir=out), ckpt],
+        default_root_dir=tmp_path,
     )
     t.fit(_model(), datamodule=DigitsDataModule())
     base = read_summary(out)
     resumed = EnergyMonitor(output_dir=out)
-    t2 = Trainer(max_epochs=2, logger=False, enable_progress_bar=False, callbacks=[resumed])
+    t2 = Trainer(
+        max_epochs=2, logger=False, enable_progress_bar=False, enable_checkpointing=False, callbacks=[resumed]
+    )
     t2.fit(_model(), datamodule=DigitsDataModule(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     summary = read_summary(out)
     assert summary["resumed_from"] == [base["run_id"]]

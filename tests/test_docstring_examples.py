@@ -1,0 +1,22 @@
+"""The docstring examples written as doctests run, so they stay true."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "lightning_green.callbacks.forecast",
+    "lightning_green.callbacks.energy_budget",
+    "lightning_green.callbacks.energy_efficient_stopping",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_doctests(name: str):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0, f"{name} has no doctest"
+    assert result.failed == 0
