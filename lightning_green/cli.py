@@ -64,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
 
         profile_main()
     elif command == "tune":
-        from lightning_green.tune.cli import tune_main
+        from lightning_green.tune_cli import tune_main
 
         tune_main()
     elif command == "compare":
-        from lightning_green.tune.cli import compare_main
+        from lightning_green.tune_cli import compare_main
 
         compare_main()
     return 0

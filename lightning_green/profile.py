@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from lightning_green.callbacks import LayerEnergyProfiler
 from lightning_green.config import CONF_DIR, ConfigError, friendly_errors
-from lightning_green.train import build_run
+from lightning_green.experiment import build_run
 
 
 def print_type_table(profiler: LayerEnergyProfiler, title: str) -> None:

@@ -407,6 +407,11 @@ def find_runs(root: str | os.PathLike[str]) -> list[Path]:
 
 
 RUN_FILE = "run.json"
+#: A tuning study's folder: what was searched (``study.json``), one row per trial (``trials.csv``),
+#: the trials no other trial beats on both accuracy and energy (``pareto.csv``).
+STUDY_FILE = "study.json"
+TRIALS_FILE = "trials.csv"
+PARETO_FILE = "pareto.csv"
 
 
 @dataclass

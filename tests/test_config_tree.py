@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 
 from lightning_green.config import CONF_DIR, ConfigError, build, check_trainer
 from lightning_green.data import DatasetNotFoundError, TorchvisionDataModule
-from lightning_green.train import build_run
+from lightning_green.experiment import build_run
 
 GROUPS = {
     name: sorted(p.stem for p in (CONF_DIR / name).glob("*.yaml"))

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 
 from lightning_green.config import CONF_DIR, ConfigError
 from lightning_green.report.pareto import hypervolume_2d, pareto_mask
-from lightning_green.tune.compare import compare_table, study_metrics
+from lightning_green.report.studies import compare_table, study_metrics
 from lightning_green.tune.space import Param, grid_points, parse_space
 from lightning_green.tune.study import prepare
 

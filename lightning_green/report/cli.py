@@ -35,11 +35,11 @@ def _fail(message: str) -> int:
 
 def _report(path: Path, out: Path | None) -> list[Path]:
     if (path / "compare.json").is_file():
-        from lightning_green.tune.compare import report_compare
+        from lightning_green.report.studies import report_compare
 
         return report_compare(path, out)
     if (path / "study.json").is_file():
-        from lightning_green.tune.study import report_study
+        from lightning_green.report.studies import report_study
 
         return report_study(path, out)
     from lightning_green.report.runs import report_runs

@@ -1,4 +1,4 @@
-"""Running a Ray Tune study, saving its results table, and reporting on it.
+"""Running a Ray Tune study and saving its results table (reports on it are in :mod:`lightning_green.report.studies`).
 
 A study folder holds ``study.json`` (what was searched, how, on which Ray), ``trials.csv`` (one
 row per trial: parameters, accuracy, energy, status, in creation order) and ``ray/`` (Ray's own
@@ -20,15 +20,20 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_green.config import ConfigError, to_container
-from lightning_green.records import RECORDS_FILE, RUN_FILE, read_json, read_windows, write_json_atomic
+from lightning_green.records import (
+    RECORDS_FILE,
+    RUN_FILE,
+    STUDY_FILE,
+    TRIALS_FILE,
+    read_json,
+    read_windows,
+    write_json_atomic,
+)
 from lightning_green.tune.space import flatten, parse_space
 from lightning_green.tune.strategies import check_strategy, search_setup
 
-STUDY_FILE = "study.json"
 #: Energy records of trial attempts that were interrupted (kept when a study is resumed).
 ATTEMPTS_DIR = "attempts"
-TRIALS_FILE = "trials.csv"
-PARETO_FILE = "pareto.csv"
 
 
 def init_ray(tune_cfg: DictConfig) -> dict[str, Any]:
@@ -201,7 +206,6 @@ def run_study(
     meta["failed"] = int((df["status"] == "ERROR").sum()) if not df.empty else 0
     if not df.empty:
         add_savings(df, cfg.trainer.max_epochs)
-        pareto_table(df).to_csv(out / PARETO_FILE, index=False)
         meta["stopped_early"] = int(df["stopped_early"].sum())
         meta["energy_saved_estimate_j"] = float(df["energy_saved_estimate_j"].sum())
         add_attempts(df, experiment, out / ATTEMPTS_DIR)
@@ -298,67 +302,3 @@ def add_attempts(df: pd.DataFrame, experiment: Path, kept: Path) -> None:
 def _creation_index(trial_id: str, path: str) -> float:
     m = re.search(rf"_{re.escape(str(trial_id))}_(\d+)", Path(str(path)).name)
     return int(m.group(1)) if m else math.inf
-
-
-def pareto_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """The non-dominated trials (accuracy up, energy down): the study's trade-off curve."""
-    from lightning_green.report.pareto import pareto_mask
-
-    done = trials[trials["accuracy"].notna() & trials["energy_j"].notna()]
-    if done.empty:
-        return done
-    mask = pareto_mask(done["accuracy"].astype(float), done["energy_j"].astype(float))
-    return done[mask].sort_values("energy_j")
-
-
-def read_study(path: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
-    path = Path(path)
-    meta = read_json(path / STUDY_FILE)
-    trials = pd.read_csv(path / TRIALS_FILE) if (path / TRIALS_FILE).is_file() else pd.DataFrame()
-    return meta, trials
-
-
-def report_study(path: str | Path, out: str | Path | None = None) -> list[Path]:
-    """summary.csv / summary.md and plots (accuracy vs energy with the Pareto front; anytime curves)."""
-    from lightning_green.tune.compare import anytime_plot, study_metrics
-
-    path = Path(path)
-    out = Path(out) if out else path
-    out.mkdir(parents=True, exist_ok=True)
-    meta, trials = read_study(path)
-    if trials.empty:
-        raise FileNotFoundError(
-            f"{path}: the study has no {TRIALS_FILE} yet (still running, or interrupted: resume it)"
-        )
-    metrics = study_metrics(trials)
-    paths = [out / "summary.csv", out / "summary.md", out / PARETO_FILE]
-    trials.to_csv(paths[0], index=False)
-    pareto = pareto_table(trials)
-    pareto.to_csv(paths[2], index=False)
-    from lightning_green.report.runs import markdown_table
-
-    cols = [c for c in trials.columns if c.startswith("param.")] + [
-        "accuracy",
-        "test_acc",
-        "energy_j",
-        "total_j",
-        "epochs",
-        "status",
-        "source",
-    ]
-    lines = [
-        f"# Study: {meta['strategy']['name']} ({len(trials)} trials, seed {meta['seed']})",
-        "",
-        f"best accuracy {metrics['best_accuracy']:.4f}; tuning energy {metrics['total_energy_j']:.1f} J "
-        f"({'measured' if 'measured' in ' '.join(map(str, trials['source'])) else 'estimated'}: {', '.join(sorted(set(map(str, trials['source']))))}); "
-        f"{metrics['failed']} failed",
-        "",
-        markdown_table(trials[cols]),
-        "",
-        "## Pareto set (no other trial is both more accurate and cheaper)",
-        "",
-        markdown_table(pareto[cols]) if not pareto.empty else "(none)",
-    ]
-    paths[1].write_text("\n".join(lines) + "\n")
-    paths += anytime_plot({meta["strategy"]["name"]: [trials]}, out)
-    return paths

@@ -23,7 +23,7 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], cpus_per_trial: in
     import torch
     from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
 
-    from lightning_green.train import run_training
+    from lightning_green.experiment import run_training
 
     torch.set_num_threads(max(1, int(cpus_per_trial)))
     cfg = OmegaConf.create(base)

@@ -1,4 +1,6 @@
-"""``lightning-green tune`` and ``lightning-green compare`` (Hydra entry points)."""
+"""``lightning-green tune`` and ``lightning-green compare`` (Hydra entry points): run studies through
+:mod:`lightning_green.tune` (Ray), then write and print their reports through
+:mod:`lightning_green.report.studies` (files only)."""
 
 from __future__ import annotations
 
@@ -13,8 +15,7 @@ from lightning_green.config import CONF_DIR, friendly_errors
 def _print_study(out: Path) -> None:
     from rich.console import Console
 
-    from lightning_green.tune.compare import study_metrics
-    from lightning_green.tune.study import read_study
+    from lightning_green.report.studies import read_study, study_metrics
 
     meta, trials = read_study(out)
     m = study_metrics(trials)
@@ -28,11 +29,13 @@ def _print_study(out: Path) -> None:
 @hydra.main(config_path=str(CONF_DIR), config_name="tune", version_base="1.3")
 @friendly_errors
 def tune_main(cfg: DictConfig) -> None:
+    from lightning_green.report.studies import write_pareto
     from lightning_green.tune.study import check_resumable, prepare, run_study
 
     prepare(cfg)  # bad input fails here, before Ray starts
     check_resumable(cfg, Path(cfg.output_dir))
     out = run_study(cfg, Path(cfg.output_dir))
+    write_pareto(out)
     _print_study(out)
 
 
@@ -45,9 +48,9 @@ def compare_main(cfg: DictConfig) -> None:
     from lightning_green._checks import check_number
     from lightning_green.config import ConfigError, to_container
     from lightning_green.records import write_json_atomic
-    from lightning_green.tune.compare import write_compare
+    from lightning_green.report.studies import read_study, write_compare, write_pareto
     from lightning_green.tune.strategies import STRATEGIES
-    from lightning_green.tune.study import init_ray, prepare, read_study, run_study
+    from lightning_green.tune.study import init_ray, prepare, run_study
 
     c = cfg.compare
     unknown = [s for s in c.strategies if s not in STRATEGIES]
@@ -84,6 +87,7 @@ def compare_main(cfg: DictConfig) -> None:
         studies[s] = []
         for seed in c.seeds:
             path = run_study(sub, out / s / f"seed{seed}", seed=int(seed), cluster=cluster)
+            write_pareto(path)
             studies[s].append(read_study(path)[1])
     for p in write_compare(studies, out, c.target_fraction, c.reference_energy_j):
         print(p)

@@ -1,5 +1,6 @@
-"""Comparing search strategies: best accuracy, tuning energy, energy to a target accuracy,
-hypervolume of the (accuracy, energy) front, and anytime curves."""
+"""Reports on tuning studies and comparisons of search strategies, from their files only
+(``study.json``, ``trials.csv``): best accuracy, tuning energy, energy to a target accuracy,
+hypervolume of the (accuracy, energy) front, Pareto sets, anytime curves."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lightning_green.records import PARETO_FILE, STUDY_FILE, TRIALS_FILE, read_json
 from lightning_green.report.pareto import hypervolume_2d, pareto_mask
+from lightning_green.report.runs import markdown_table
 
 
 def study_metrics(
@@ -172,8 +175,6 @@ def pareto_plot(studies: dict[str, list[pd.DataFrame]], out: Path) -> list[Path]
 def write_compare(
     studies: dict[str, list[pd.DataFrame]], out: Path, target_fraction: float, ref_energy: float | None
 ) -> list[Path]:
-    from lightning_green.report.runs import markdown_table
-
     table, info = compare_table(studies, target_fraction, ref_energy)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "compare.csv", out / "compare.md"]
@@ -199,12 +200,8 @@ def write_compare(
 
 def report_compare(path: Path, out: Path | None = None) -> list[Path]:
     """Rebuild a comparison's table and plots from its studies (``<strategy>/seed<k>/``)."""
-    import json
-
-    from lightning_green.tune.study import STUDY_FILE, read_study
-
     path = Path(path)
-    settings = json.loads((path / "compare.json").read_text())
+    settings = read_json(path / "compare.json")
     studies: dict[str, list[pd.DataFrame]] = {}
     for strategy in settings["strategies"]:
         for seed in settings["seeds"]:
@@ -214,3 +211,71 @@ def report_compare(path: Path, out: Path | None = None) -> list[Path]:
     return write_compare(
         studies, Path(out) if out else path, settings["target_fraction"], settings["reference_energy_j"]
     )
+
+
+def pareto_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """The non-dominated trials (accuracy up, energy down): the study's trade-off curve."""
+    done = trials[trials["accuracy"].notna() & trials["energy_j"].notna()]
+    if done.empty:
+        return done
+    mask = pareto_mask(done["accuracy"].astype(float), done["energy_j"].astype(float))
+    return done[mask].sort_values("energy_j")
+
+
+def read_study(path: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
+    path = Path(path)
+    meta = read_json(path / STUDY_FILE)
+    trials = pd.read_csv(path / TRIALS_FILE) if (path / TRIALS_FILE).is_file() else pd.DataFrame()
+    return meta, trials
+
+
+def report_study(path: str | Path, out: str | Path | None = None) -> list[Path]:
+    """summary.csv / summary.md and plots (accuracy vs energy with the Pareto front; anytime curves)."""
+    path = Path(path)
+    out = Path(out) if out else path
+    out.mkdir(parents=True, exist_ok=True)
+    meta, trials = read_study(path)
+    if trials.empty:
+        raise FileNotFoundError(
+            f"{path}: the study has no {TRIALS_FILE} yet (still running, or interrupted: resume it)"
+        )
+    metrics = study_metrics(trials)
+    paths = [out / "summary.csv", out / "summary.md", out / PARETO_FILE]
+    trials.to_csv(paths[0], index=False)
+    pareto = pareto_table(trials)
+    pareto.to_csv(paths[2], index=False)
+    cols = [c for c in trials.columns if c.startswith("param.")] + [
+        "accuracy",
+        "test_acc",
+        "energy_j",
+        "total_j",
+        "epochs",
+        "status",
+        "source",
+    ]
+    lines = [
+        f"# Study: {meta['strategy']['name']} ({len(trials)} trials, seed {meta['seed']})",
+        "",
+        f"best accuracy {metrics['best_accuracy']:.4f}; tuning energy {metrics['total_energy_j']:.1f} J "
+        f"({'measured' if 'measured' in ' '.join(map(str, trials['source'])) else 'estimated'}: {', '.join(sorted(set(map(str, trials['source']))))}); "
+        f"{metrics['failed']} failed",
+        "",
+        markdown_table(trials[cols]),
+        "",
+        "## Pareto set (no other trial is both more accurate and cheaper)",
+        "",
+        markdown_table(pareto[cols]) if not pareto.empty else "(none)",
+    ]
+    paths[1].write_text("\n".join(lines) + "\n")
+    paths += anytime_plot({meta["strategy"]["name"]: [trials]}, out)
+    return paths
+
+
+def write_pareto(path: str | Path) -> Path | None:
+    """Write a study's ``pareto.csv`` from its ``trials.csv``; ``None`` when it has no trials yet."""
+    path = Path(path)
+    _, trials = read_study(path)
+    if trials.empty:
+        return None
+    pareto_table(trials).to_csv(path / PARETO_FILE, index=False)
+    return path / PARETO_FILE

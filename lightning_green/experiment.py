@@ -1,0 +1,186 @@
+"""What a configuration of the Hydra tree builds, and how one run trains: shared by the ``train``
+and ``profile`` commands and by the tuner's trials (which import this, not a command module)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig
+
+from lightning_green.callbacks import EnergyBudget, EnergyEfficientStopping, EnergyMonitor
+from lightning_green.config import ConfigError, build, check_trainer, config_error, to_container
+from lightning_green.models import LitClassifier, count_params
+from lightning_green.records import RunRecord, write_run
+
+
+@dataclass
+class Run:
+    """Everything a configuration builds, before any training."""
+
+    trainer: pl.Trainer
+    module: LitClassifier
+    datamodule: pl.LightningDataModule
+    monitor: EnergyMonitor
+    flops_per_sample: int
+
+
+def forward_flops(net: torch.nn.Module, sample: torch.Tensor) -> int:
+    """FLOPs of one forward pass on ``sample`` (PyTorch's own counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(sample)
+    finally:
+        net.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def build_run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> Run:
+    """Validate and build datamodule, model, callbacks and Trainer. Raises ConfigError on bad values."""
+    check_trainer(cfg)
+    dm = build("data", cfg.data)
+    net = build(
+        "model",
+        cfg.model,
+        in_channels=dm.in_channels,
+        image_size=dm.image_size,
+        num_classes=dm.num_classes,
+    )
+    try:
+        module = LitClassifier(net, **to_container(cfg.optimizer))
+    except ValueError as err:
+        raise config_error("optimizer", err) from err
+    e = cfg.energy
+    try:
+        monitor = EnergyMonitor(
+            backend=e.backend,
+            output_dir=cfg.output_dir,
+            carbon_intensity_g_per_kwh=e.carbon_intensity_g_per_kwh,
+            pue=e.pue,
+            watts_per_core=e.watts_per_core,
+            rapl_root=e.rapl_root,
+            sync_reads=e.sync_reads,
+            baseline_s=e.baseline_s,
+            idle_w=to_container(e.idle_w) if e.idle_w is not None else None,
+        )
+    except ValueError as err:
+        raise config_error("energy", err) from err
+    callbacks: list[pl.Callback] = [monitor]
+    callbacks += _acting_callbacks(e, monitor)
+    if cfg.profile_layers:
+        from lightning_green.callbacks.layer_profiler import LayerEnergyProfiler
+
+        callbacks.append(
+            build("profiler", cfg.profiler, _target_=LayerEnergyProfiler, output_dir=cfg.output_dir)
+        )
+    callbacks += extra_callbacks or []
+    logger = build("logger", cfg.logger) if cfg.logger else False
+    trainer = build(
+        "trainer", cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=cfg.output_dir
+    )
+    sample = torch.zeros(1, dm.in_channels, dm.image_size, dm.image_size)
+    return Run(trainer, module, dm, monitor, forward_flops(net, sample))
+
+
+#: ``energy.*`` keys of the acting callbacks, and the argument each becomes.
+_BUDGET_KEYS = {"budget_j": "max_j", "budget_check": "check", "budget_on_exceed": "on_exceed"}
+_STOP_KEYS = {
+    "stop_gain_per_kj": "min_gain_per_kj",
+    "stop_monitor": "monitor",
+    "stop_mode": "mode",
+    "stop_patience": "patience",
+}
+
+
+def _acting_callbacks(e: DictConfig, monitor: EnergyMonitor) -> list[pl.Callback]:
+    """EnergyBudget / EnergyEfficientStopping from ``energy.budget_*`` / ``energy.stop_*``.
+
+    Every key is checked, set or not, so a typo fails before training; errors name the config key.
+    """
+    out: list[pl.Callback] = []
+    for cls, keys, switch, extra in (
+        (EnergyBudget, _BUDGET_KEYS, "budget_j", {"monitor": monitor}),
+        (EnergyEfficientStopping, _STOP_KEYS, "stop_gain_per_kj", {"energy_monitor": monitor}),
+    ):
+        kwargs = {arg: e[key] for key, arg in keys.items()}
+        probe = {**kwargs, keys[switch]: 1.0} if e[switch] is None else kwargs
+        try:
+            built = cls(**probe, **extra)
+        except ValueError as err:
+            message = str(err)
+            for key, arg in keys.items():
+                message = message.replace(f"{arg} must", f"energy.{key} must", 1)
+            raise ConfigError(message) from None
+        if e[switch] is not None:
+            out.append(built)
+    return out
+
+
+def run_training(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> RunRecord:
+    """Train (and test) one configuration; writes ``run.json`` beside the energy records."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    run = build_run(cfg, extra_callbacks)
+    t0 = time.monotonic()
+    run.trainer.fit(run.module, datamodule=run.datamodule)
+    val_acc = _metric(run.trainer, "val_acc")
+    fit = run.monitor.summary()  # the monitor's public totals, as in energy_summary.json
+    test_acc = None
+    if cfg.test:
+        results = run.trainer.test(run.module, datamodule=run.datamodule, verbose=False)
+        test_acc = float(results[0]["test_acc"]) if results else None
+    end = run.monitor.summary()
+    dynamic = fit["stage_dynamic_j"]
+    fit_stages = ("train", "validate", "sanity_check")
+    record = RunRecord(
+        run_id=end["run_id"],
+        overrides=_overrides(),
+        choices=_choices(),
+        config=to_container(cfg),
+        test_acc=test_acc,
+        val_acc=val_acc,
+        energy_j=fit["total_j"],
+        total_j=end["total_j"],
+        total_kwh=end["total_kwh"],
+        co2e_g=end["co2e_g"],
+        seconds=time.monotonic() - t0,
+        train_seconds=end["stage_s"].get("train", 0.0),
+        params=count_params(run.module.net),
+        flops_per_sample=run.flops_per_sample,
+        sources=end["sources"],
+        complete=end["complete"],
+        epochs=end["epochs"],
+        resumed_from=end["resumed_from"],
+        dynamic_j=(
+            float(sum(dynamic.get(st) or 0.0 for st in fit_stages))
+            if end["idle_baseline"] is not None and all(dynamic.get(st, 0.0) is not None for st in fit_stages)
+            else None
+        ),
+    )
+    if run.trainer.is_global_zero:
+        write_run(cfg.output_dir, record)
+    return record
+
+
+def _metric(trainer: pl.Trainer, key: str) -> float | None:
+    v = trainer.callback_metrics.get(key)
+    return float(v) if v is not None else None
+
+
+def _overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _choices() -> dict[str, str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra/")}
