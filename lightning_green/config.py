@@ -19,7 +19,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from lightning_green._checks import UserInputError
-from lightning_green.energy import MeterUnavailableError
+from lightning_green.energy import DEFAULT_WATTS_PER_CORE, MeterUnavailableError
+from lightning_green.energy.carbon import DEFAULT_INTENSITY_G_PER_KWH, DEFAULT_PUE
+from lightning_green.energy.rapl import DEFAULT_ROOT as DEFAULT_RAPL_ROOT
 
 CONF_DIR = Path(__file__).parent / "conf"
 
@@ -123,10 +125,10 @@ class AdamSchema:
 @dataclass
 class EnergySchema:
     backend: str = "auto"
-    carbon_intensity_g_per_kwh: float = 475.0
-    pue: float = 1.0
-    watts_per_core: float = 12.0
-    rapl_root: str = "/sys/class/powercap"
+    carbon_intensity_g_per_kwh: float = DEFAULT_INTENSITY_G_PER_KWH
+    pue: float = DEFAULT_PUE
+    watts_per_core: float = DEFAULT_WATTS_PER_CORE
+    rapl_root: str = DEFAULT_RAPL_ROOT
     sync_reads: bool = False
     baseline_s: float = 2.0
     idle_w: Any = None
@@ -164,7 +166,6 @@ class BaseConfig:
     seed: int = 0
     output_dir: str = MISSING
     test: bool = True
-    profile_layers: bool = False
 
 
 def friendly_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:

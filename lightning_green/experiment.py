@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 from lightning_green.callbacks import EnergyBudget, EnergyEfficientStopping, EnergyMonitor
+from lightning_green.callbacks.flops import forward_flops
 from lightning_green.config import ConfigError, build, check_trainer, config_error, to_container
 from lightning_green.models import LitClassifier, count_params
 from lightning_green.records import RunRecord, write_run
@@ -25,20 +26,6 @@ class Run:
     datamodule: pl.LightningDataModule
     monitor: EnergyMonitor
     flops_per_sample: int
-
-
-def forward_flops(net: torch.nn.Module, sample: torch.Tensor) -> int:
-    """FLOPs of one forward pass on ``sample`` (PyTorch's own counter)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    was_training = net.training
-    net.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            net(sample)
-    finally:
-        net.train(was_training)
-    return int(counter.get_total_flops())
 
 
 def build_run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> Run:
@@ -73,7 +60,7 @@ def build_run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
         raise config_error("energy", err) from err
     callbacks: list[pl.Callback] = [monitor]
     callbacks += _acting_callbacks(e, monitor)
-    if cfg.profile_layers:
+    if e.profile_layers:
         from lightning_green.callbacks.layer_profiler import LayerEnergyProfiler
 
         callbacks.append(
@@ -85,7 +72,7 @@ def build_run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
         "trainer", cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=cfg.output_dir
     )
     sample = torch.zeros(1, dm.in_channels, dm.image_size, dm.image_size)
-    return Run(trainer, module, dm, monitor, forward_flops(net, sample))
+    return Run(trainer, module, dm, monitor, forward_flops(net, sample) or 0)
 
 
 #: ``energy.*`` keys of the acting callbacks, and the argument each becomes.

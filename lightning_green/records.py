@@ -270,15 +270,39 @@ def _ends_with_newline(path: Path) -> bool:
         return f.read(1) == b"\n"
 
 
+def temporary_path(path: str | os.PathLike[str]) -> Path:
+    """Where to write ``path``'s contents before renaming them onto it: a name unique per process and
+    call, beside the folder rather than in it when the parent folder is on the same file system.
+
+    Folder synchronisers (Ray Tune copies a trial's folder to storage while the trial runs) list a
+    folder and then copy each file; a temporary file that is renamed away in between fails their
+    copy (and with it the trial). Outside the folder, they never see it.
+    """
+    path = Path(path)
+    name = f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    outer = path.parent.parent
+    try:
+        if (
+            outer != path.parent
+            and os.access(outer, os.W_OK)
+            and outer.stat().st_dev == path.parent.stat().st_dev
+        ):
+            return outer / name
+    except OSError:
+        pass
+    return path.with_name(name)
+
+
 def write_json_atomic(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
     """Write JSON so that a reader sees the old file or the new one, never half of one.
 
-    The temporary file's name is unique per process and call, so concurrent writers never share it.
+    The temporary file (see :func:`temporary_path`) is unique per process and call, so concurrent
+    writers never share it, and sits outside the folder, so a folder synchroniser never copies it.
     On failure (a full disk) the temporary file is removed, the old file stays, and the error is raised.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temporary_path(path)
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2, sort_keys=True, allow_nan=False)
@@ -445,6 +469,18 @@ class RunRecord:
     dynamic_j: float | None = None
     kind: str = "run"
     schema: int = SCHEMA_VERSION
+
+
+def trial_energy_j(trials: Any) -> Any:
+    """Energy each trial of a ``trials.csv`` table spent, in joules (a pandas Series): its run's
+    total (training, validation and test: ``total_j``), else its training energy so far
+    (``energy_j``, for a trial that never finished), plus the finished windows of its other
+    attempts (``other_attempts_j``: crashes retried, attempts cut by an interrupted study). 0 where
+    a trial reported nothing."""
+    spent = trials["total_j"].astype(float).fillna(trials["energy_j"].astype(float)).fillna(0.0)
+    if "other_attempts_j" in trials:
+        spent = spent + trials["other_attempts_j"].astype(float).fillna(0.0)
+    return spent
 
 
 def write_run(directory: str | os.PathLike[str], record: RunRecord) -> Path:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from lightning_green.config import CONF_DIR, friendly_errors
 from lightning_green.energy.carbon import JOULES_PER_KWH
-from lightning_green.experiment import Run, build_run, forward_flops, run_training
+from lightning_green.experiment import Run, build_run, forward_flops, run_training  # re-exported
 from lightning_green.records import RunRecord
 
 __all__ = ["Run", "build_run", "forward_flops", "main", "print_summary", "run_training"]

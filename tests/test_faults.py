@@ -486,7 +486,7 @@ def test_three_profiled_trainings_share_one_folder(tmp_path: Path):
     ]
     errors = [p.communicate(timeout=300)[1].decode()[-2000:] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], errors
-    assert not list(out.glob(".*tmp"))  # no stray temporary files
+    assert not list(out.glob(".*tmp")) and not list(out.parent.glob(".*tmp"))  # no stray temporary files
     records = list(iter_records(out / "energy.jsonl"))
     assert len({r.run_id for r in records if r.kind == "layer"}) == 3
     assert len({r.run_id for r in records if r.kind == "window"}) == 3
@@ -531,4 +531,9 @@ def test_atomic_json_keeps_the_old_file_when_a_write_fails(tmp_path: Path):
     with pytest.raises(ValueError):
         write_json_atomic(tmp_path / "a.json", {"x": math.nan})
     assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}
-    assert not list(tmp_path.glob(".*tmp"))
+    assert not list(tmp_path.glob(".*tmp")) and not list(tmp_path.parent.glob(".a.json.*tmp"))
+    # The temporary file is written beside the folder, not in it: a folder synchroniser (Ray Tune's
+    # artifact sync) that lists the folder mid-write never sees a file that then vanishes.
+    from lightning_green.records import temporary_path
+
+    assert temporary_path(tmp_path / "a.json").parent == tmp_path.parent

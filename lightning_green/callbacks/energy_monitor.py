@@ -22,6 +22,7 @@ from typing_extensions import override
 
 from lightning_green._checks import check_bool, check_int, check_number
 from lightning_green.callbacks.forecast import FitForecaster, Forecast
+from lightning_green.callbacks.placement import default_output_dir, own_gpus
 from lightning_green.callbacks.publish import publish
 from lightning_green.energy import DEFAULT_WATTS_PER_CORE, CarbonModel, Meter, Reading, make_meter
 from lightning_green.energy.baseline import IdleBaseline, apply_baseline, given_baseline, measure_idle
@@ -38,8 +39,6 @@ from lightning_green.records import (
 )
 
 _TRAIN, _VAL, _TEST, _PRED, _SANITY = "train", "validate", "test", "predict", "sanity_check"
-# Not "./lightning_green": run from a source checkout, that is the package itself.
-DEFAULT_OUTPUT_DIR = "lightning_green_logs"
 SUMMARY_EVERY_S = 30.0
 
 
@@ -227,15 +226,9 @@ class EnergyMonitor(Callback):
         if self.meter is not None:
             return
         self._world_size = trainer.world_size
-        device = trainer.strategy.root_device
-        gpus = (
-            [device.index if device.index is not None else torch.cuda.current_device()]
-            if device.type == "cuda"
-            else []
-        )
         self.meter = self._user_meter or make_meter(
             self.backend,
-            gpu_indices=gpus,
+            gpu_indices=own_gpus(trainer),
             measure_node=trainer.local_rank == 0,
             watts_per_core=self.watts_per_core,
             rapl_root=self.rapl_root,
@@ -247,7 +240,7 @@ class EnergyMonitor(Callback):
         self._is_writer = trainer.is_global_zero
         if self._is_writer:
             if self.output_dir is None:
-                self.output_dir = _default_output_dir(trainer)
+                self.output_dir = default_output_dir(trainer)
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self._writer = RecordWriter(self.output_dir / RECORDS_FILE)
         rank_zero_info(f"lightning-green EnergyMonitor: {self.meter.describe()}")
@@ -769,11 +762,3 @@ def _last_epoch(trainer: pl.Trainer) -> bool:
     )
     steps = trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step
     return bool(ends or steps or trainer.should_stop)
-
-
-def _default_output_dir(trainer: pl.Trainer) -> Path:
-    if trainer.loggers:
-        log_dir = getattr(trainer.loggers[0], "log_dir", None)
-        if log_dir:
-            return Path(log_dir)
-    return Path(DEFAULT_OUTPUT_DIR)

@@ -25,11 +25,14 @@ from typing_extensions import override
 
 from lightning_green._checks import check_bool, check_number
 from lightning_green._checks import check_int as _check_int
-from lightning_green.callbacks.energy_monitor import DEFAULT_OUTPUT_DIR, EnergyMonitor
+from lightning_green._plotting import pyplot
+from lightning_green.callbacks.energy_monitor import EnergyMonitor
+from lightning_green.callbacks.flops import forward_flops
 from lightning_green.callbacks.layer_types import LAYER_TYPES, layer_type
+from lightning_green.callbacks.placement import default_output_dir, own_gpus
 from lightning_green.callbacks.publish import publish
 from lightning_green.energy import Meter, check_backend, make_meter
-from lightning_green.records import RECORDS_FILE, LayerRecord, RecordWriter
+from lightning_green.records import RECORDS_FILE, LayerRecord, RecordWriter, temporary_path
 
 MODES = ("allocate", "replay")
 UNATTRIBUTED = "unattributed"
@@ -242,16 +245,12 @@ class LayerEnergyProfiler(Callback):
             elif monitor is not None and monitor.meter is not None:
                 self._meter = monitor.meter
             else:
-                device = trainer.strategy.root_device
                 self._meter = make_meter(
-                    self.backend,
-                    gpu_indices=[device.index or 0] if device.type == "cuda" else [],
-                    measure_node=trainer.local_rank == 0,
+                    self.backend, gpu_indices=own_gpus(trainer), measure_node=trainer.local_rank == 0
                 )
                 self._own_meter = True
             if self.output_dir is None:
-                log_dir = getattr(trainer.loggers[0], "log_dir", None) if trainer.loggers else None
-                self.output_dir = Path(log_dir) if log_dir else Path(DEFAULT_OUTPUT_DIR)
+                self.output_dir = default_output_dir(trainer)
         return self._meter
 
     def is_profiled_step(self, step: int) -> bool:
@@ -493,18 +492,9 @@ class LayerEnergyProfiler(Callback):
 
     # ------------------------------------------------------------------ results
     def _compute_flops(self) -> None:
-        from torch.utils.flop_counter import FlopCounterMode
-
         for s in self._layers.values():
-            if s.sample_input is None or s.flops_per_call:
-                continue
-            m = copy.deepcopy(s.module)
-            try:
-                with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                    m(s.sample_input)
-                s.flops_per_call = int(counter.get_total_flops())
-            except Exception:  # a layer that needs more than one input: FLOPs unknown (0)
-                s.flops_per_call = 0
+            if s.sample_input is not None and not s.flops_per_call:
+                s.flops_per_call = forward_flops(s.module, s.sample_input) or 0  # unknown inputs: 0
 
     def _replay_all(self) -> None:
         assert self._meter is not None
@@ -684,11 +674,7 @@ class LayerEnergyProfiler(Callback):
             writer.close()
 
     def _plot(self, types: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         types = [t for t in types if t["joules_per_step"] is not None]
         top = sorted(
             (r for r in rows if r["name"] != UNATTRIBUTED and r["joules_per_step"] is not None),
@@ -777,8 +763,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
     if not rows:
         return
-    # Unique per process and call: concurrent trainings writing into one folder never share it.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temporary_path(path)  # unique per process and call, outside the folder
     try:
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lightning_green._plotting import pyplot
 from lightning_green.energy.carbon import JOULES_PER_KWH
 from lightning_green.records import RUN_FILE, read_run, read_windows
 from lightning_green.report.pareto import pareto_mask
@@ -173,10 +174,7 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 
 def plot_runs(df: pd.DataFrame, out: Path, effects: pd.DataFrame | None) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     paths = []
     acc = df["test_acc"].fillna(df["val_acc"]).astype(float)

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lightning_green.records import PARETO_FILE, STUDY_FILE, TRIALS_FILE, read_json
+from lightning_green._plotting import pyplot
+from lightning_green.records import PARETO_FILE, STUDY_FILE, TRIALS_FILE, read_json, trial_energy_j
 from lightning_green.report.pareto import hypervolume_2d, pareto_mask
 from lightning_green.report.runs import markdown_table
 
@@ -24,12 +25,12 @@ def study_metrics(
 ) -> dict[str, Any]:
     """Metrics of one study's trials (in the order the searcher asked for them).
 
-    ``energy_to_target_j`` is the tuning energy spent (cumulative ``total_j``, in trial order) up to
+    ``energy_to_target_j`` is the tuning energy spent (cumulative :func:`~lightning_green.records.trial_energy_j`, in trial order) up to
     and including the first trial whose accuracy reaches ``target``; ``None`` if none does.
     """
     t = trials.sort_values("order") if "order" in trials else trials
     acc = t["accuracy"].astype(float)
-    spent = t["total_j"].astype(float).fillna(t["energy_j"].astype(float)).fillna(0.0)
+    spent = trial_energy_j(t)
     cum = spent.cumsum().to_numpy()
     ok = acc.notna().to_numpy()
     out: dict[str, Any] = {
@@ -97,20 +98,11 @@ def compare_table(
     return pd.DataFrame(rows), info
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def anytime_plot(
     studies: dict[str, list[pd.DataFrame]], out: Path, target: float | None = None
 ) -> list[Path]:
     """Best-so-far accuracy against trials and against cumulative joules, per strategy."""
-    plt = _plt()
+    plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     colors = dict(zip(studies, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     for name, ts in studies.items():
@@ -118,7 +110,7 @@ def anytime_plot(
         for k, t in enumerate(ts):
             t = t.sort_values("order") if "order" in t else t
             best = t["accuracy"].astype(float).fillna(-np.inf).cummax().replace(-np.inf, np.nan)
-            joules = t["total_j"].astype(float).fillna(0).cumsum()
+            joules = trial_energy_j(t).cumsum()
             x = np.arange(1, len(t) + 1)
             a.plot(x, best, color=colors[name], alpha=0.35, lw=1)
             b.plot(joules, best, color=colors[name], alpha=0.6, lw=1.2, label=name if k == 0 else None)
@@ -149,7 +141,7 @@ def anytime_plot(
 
 
 def pareto_plot(studies: dict[str, list[pd.DataFrame]], out: Path) -> list[Path]:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for name, ts in studies.items():
         t = pd.concat(ts, ignore_index=True)

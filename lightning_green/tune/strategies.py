@@ -9,11 +9,10 @@ from omegaconf import DictConfig
 from lightning_green._checks import check_number
 from lightning_green.config import ConfigError
 from lightning_green.tune.space import Param, grid_points, nested
+from lightning_green.tune.trainable import REPORTED_METRICS
 
 STRATEGIES = ("grid", "random", "bayes", "multi")
 SAMPLERS = {"bayes": ("gp", "tpe"), "multi": ("tpe", "gp", "nsga2")}
-#: What a trial reports; a metric outside this set is an error before any trial starts.
-REPORTED_METRICS = ("val_acc", "val_loss", "energy_j", "train_epoch_j", "test_acc", "total_j")
 
 
 def check_strategy(strategy: DictConfig, tune_cfg: DictConfig) -> None:

@@ -27,6 +27,7 @@ from lightning_green.records import (
     TRIALS_FILE,
     read_json,
     read_windows,
+    trial_energy_j,
     write_json_atomic,
 )
 from lightning_green.tune.space import flatten, parse_space
@@ -209,10 +210,9 @@ def run_study(
         meta["stopped_early"] = int(df["stopped_early"].sum())
         meta["energy_saved_estimate_j"] = float(df["energy_saved_estimate_j"].sum())
         add_attempts(df, experiment, out / ATTEMPTS_DIR)
-        trials_j = float(df["total_j"].fillna(df["energy_j"]).fillna(0).sum())
-        meta["trials_energy_j"] = trials_j
         meta["other_attempts_j"] = float(df["other_attempts_j"].sum())
-        meta["energy_used_j"] = trials_j + meta["other_attempts_j"]
+        meta["energy_used_j"] = float(trial_energy_j(df).sum())
+        meta["trials_energy_j"] = meta["energy_used_j"] - meta["other_attempts_j"]
         meta["energy_used_covers"] = (
             "each trial's last attempt (train, validation, test) plus the finished windows of its "
             "interrupted or crashed attempts (other_attempts_j, from their records)"

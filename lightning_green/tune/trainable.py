@@ -15,6 +15,10 @@ EPOCH_METRICS = {
     "energy_j": "energy/total_j",
     "train_epoch_j": "energy/train_epoch_j",
 }
+#: Reported once, when a trial ends.
+FINAL_METRICS = ("test_acc", "total_j", "dynamic_j")
+#: Every metric a trial reports: what ``tune.accuracy_metric`` / ``tune.energy_metric`` may name.
+REPORTED_METRICS = (*EPOCH_METRICS, *FINAL_METRICS)
 
 
 def train_trial(config: dict[str, Any], base: dict[str, Any], cpus_per_trial: int = 1) -> None:
