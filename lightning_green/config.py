@@ -144,7 +144,8 @@ class EnergySchema:
 
 @dataclass
 class ProfilerSchema:
-    _target_: str = "lightning_green.callbacks.LayerEnergyProfiler"
+    """LayerEnergyProfiler's settings; ``callbacks/layer_profiler.yaml`` builds it from them."""
+
     warmup_steps: int = 5
     profile_steps: int = 3
     every_n_steps: int | None = 500
@@ -161,6 +162,7 @@ class BaseConfig:
     energy: Any = MISSING
     logger: Any = None
     profiler: Any = MISSING
+    callbacks: Any = None
     tune: Any = None
     compare: Any = None
     seed: int = 0
@@ -209,6 +211,8 @@ def register_configs() -> None:
 
 
 register_configs()
+# ``${lg.is_set:${energy.budget_j}}``: whether a value is set (not null), to switch a callback on.
+OmegaConf.register_new_resolver("lg.is_set", lambda value: value is not None, replace=True)
 
 
 def _root_value_error(err: BaseException) -> BaseException:
@@ -225,6 +229,46 @@ def config_error(group: str, err: BaseException) -> ConfigError:
     """``err`` (or the ValueError beneath it) as a ConfigError naming ``group.<argument>``."""
     root = _root_value_error(err)
     return ConfigError(f"{group}.{root}" if isinstance(root, ValueError) else f"{group}: {root}")
+
+
+#: A key of ours in a ``callbacks`` node (not passed to the callback): ``false`` switches it off.
+ENABLED_KEY = "_enabled_"
+
+
+def build_callbacks(node: DictConfig | None) -> list[Any]:
+    """Instantiate every enabled callback of the ``callbacks`` group, in order.
+
+    An error names the config key the user sets: ``energy.pue`` when the node interpolates it,
+    else ``callbacks.<name>.<argument>``.
+    """
+    from hydra.utils import instantiate
+
+    out = []
+    for name, sub in (node or {}).items():
+        if sub is None or not sub.get(ENABLED_KEY, True):
+            continue
+        raw = OmegaConf.to_container(sub, resolve=False)
+        kwargs = {k: v for k, v in OmegaConf.to_container(sub, resolve=True).items() if k != ENABLED_KEY}
+        try:
+            out.append(instantiate(kwargs, _convert_="all"))
+        except Exception as err:
+            root = _root_value_error(err)
+            message = str(root)
+            arg = message.split(" ", 1)[0]
+            source = raw.get(arg) if isinstance(raw, dict) else None
+            if (
+                isinstance(source, str)
+                and source.startswith("${")
+                and source.endswith("}")
+                and ":" not in source
+            ):
+                key = source[2:-1]
+            else:
+                key = f"callbacks.{name}.{arg}"
+            if isinstance(root, ValueError) and arg in raw:
+                raise ConfigError(f"{key}{message[len(arg) :]}") from err
+            raise ConfigError(f"callbacks.{name}: {message}") from err
+    return out
 
 
 def build(group: str, node: DictConfig, **kwargs: Any) -> Any:

@@ -12,7 +12,14 @@ from omegaconf import DictConfig
 
 from lightning_green.callbacks import EnergyBudget, EnergyEfficientStopping, EnergyMonitor
 from lightning_green.callbacks.flops import forward_flops
-from lightning_green.config import ConfigError, build, check_trainer, config_error, to_container
+from lightning_green.config import (
+    ConfigError,
+    build,
+    build_callbacks,
+    check_trainer,
+    config_error,
+    to_container,
+)
 from lightning_green.models import LitClassifier, count_params
 from lightning_green.records import RunRecord, write_run
 
@@ -43,28 +50,13 @@ def build_run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
         module = LitClassifier(net, **to_container(cfg.optimizer))
     except ValueError as err:
         raise config_error("optimizer", err) from err
-    e = cfg.energy
-    try:
-        monitor = EnergyMonitor(
-            backend=e.backend,
-            output_dir=cfg.output_dir,
-            carbon_intensity_g_per_kwh=e.carbon_intensity_g_per_kwh,
-            pue=e.pue,
-            watts_per_core=e.watts_per_core,
-            rapl_root=e.rapl_root,
-            sync_reads=e.sync_reads,
-            baseline_s=e.baseline_s,
-            idle_w=to_container(e.idle_w) if e.idle_w is not None else None,
-        )
-    except ValueError as err:
-        raise config_error("energy", err) from err
-    callbacks: list[pl.Callback] = [monitor]
-    callbacks += _acting_callbacks(e, monitor)
-    if e.profile_layers:
-        from lightning_green.callbacks.layer_profiler import LayerEnergyProfiler
-
-        callbacks.append(
-            build("profiler", cfg.profiler, _target_=LayerEnergyProfiler, output_dir=cfg.output_dir)
+    _check_energy_keys(cfg.energy)
+    callbacks: list[pl.Callback] = build_callbacks(cfg.get("callbacks"))
+    monitor = next((c for c in callbacks if isinstance(c, EnergyMonitor)), None)
+    if monitor is None:
+        raise ConfigError(
+            "callbacks.energy_monitor is needed (lightning-green's records and run.json come from it); "
+            "do not switch it off"
         )
     callbacks += extra_callbacks or []
     logger = build("logger", cfg.logger) if cfg.logger else False
@@ -85,28 +77,22 @@ _STOP_KEYS = {
 }
 
 
-def _acting_callbacks(e: DictConfig, monitor: EnergyMonitor) -> list[pl.Callback]:
-    """EnergyBudget / EnergyEfficientStopping from ``energy.budget_*`` / ``energy.stop_*``.
-
-    Every key is checked, set or not, so a typo fails before training; errors name the config key.
-    """
-    out: list[pl.Callback] = []
-    for cls, keys, switch, extra in (
-        (EnergyBudget, _BUDGET_KEYS, "budget_j", {"monitor": monitor}),
-        (EnergyEfficientStopping, _STOP_KEYS, "stop_gain_per_kj", {"energy_monitor": monitor}),
+def _check_energy_keys(e: DictConfig) -> None:
+    """Check ``energy.budget_*`` / ``energy.stop_*`` whether their callback is on or not, so that a
+    typo fails before training; errors name the config key."""
+    for cls, keys, switch in (
+        (EnergyBudget, _BUDGET_KEYS, "budget_j"),
+        (EnergyEfficientStopping, _STOP_KEYS, "stop_gain_per_kj"),
     ):
         kwargs = {arg: e[key] for key, arg in keys.items()}
         probe = {**kwargs, keys[switch]: 1.0} if e[switch] is None else kwargs
         try:
-            built = cls(**probe, **extra)
+            cls(**probe)
         except ValueError as err:
             message = str(err)
             for key, arg in keys.items():
                 message = message.replace(f"{arg} must", f"energy.{key} must", 1)
             raise ConfigError(message) from None
-        if e[switch] is not None:
-            out.append(built)
-    return out
 
 
 def run_training(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> RunRecord:
@@ -119,7 +105,12 @@ def run_training(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = No
     fit = run.monitor.summary()  # the monitor's public totals, as in energy_summary.json
     test_acc = None
     if cfg.test:
-        results = run.trainer.test(run.module, datamodule=run.datamodule, verbose=False)
+        # The best checkpoint when one monitors a metric (callbacks.model_checkpoint), else the last weights.
+        best = next(
+            (c.best_model_path for c in run.trainer.checkpoint_callbacks if c.monitor and c.best_model_path),
+            None,
+        )
+        results = run.trainer.test(run.module, datamodule=run.datamodule, ckpt_path=best, verbose=False)
         test_acc = float(results[0]["test_acc"]) if results else None
     end = run.monitor.summary()
     dynamic = fit["stage_dynamic_j"]

@@ -160,3 +160,60 @@ def test_wrong_type_fails_at_composition_naming_the_key(tmp_path: Path):
 
 def test_check_trainer_allows_max_steps(tmp_path: Path):
     check_trainer(_compose(["trainer.max_epochs=-1", "trainer.max_steps=10"], tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ([], {"EnergyMonitor", "ModelCheckpoint"}),
+        (["energy.profile_layers=true"], {"EnergyMonitor", "ModelCheckpoint", "LayerEnergyProfiler"}),
+        (["energy.budget_j=5", "energy.stop_gain_per_kj=2"],
+         {"EnergyMonitor", "ModelCheckpoint", "EnergyBudget", "EnergyEfficientStopping"}),
+        (["callbacks.early_stopping._enabled_=true", "callbacks.model_checkpoint._enabled_=false"],
+         {"EnergyMonitor", "EarlyStopping", "ModelCheckpoint"}),  # Lightning's own default checkpointing
+    ],
+)  # fmt: skip
+def test_callbacks_come_from_the_callbacks_group(overrides: list[str], expected: set[str], tmp_path: Path):
+    trainer = build_run(_compose(overrides, tmp_path)).trainer
+    ours = {type(c).__name__ for c in trainer.callbacks} & {
+        "EnergyMonitor", "ModelCheckpoint", "LayerEnergyProfiler", "EnergyBudget", "EnergyEfficientStopping",
+        "EarlyStopping",
+    }  # fmt: skip
+    assert ours == expected
+    ours_ckpt = [
+        c for c in trainer.callbacks if type(c).__name__ == "ModelCheckpoint" and c.monitor == "val_acc"
+    ]
+    assert bool(ours_ckpt) == ("callbacks.model_checkpoint._enabled_=false" not in overrides)
+    monitor = next(c for c in trainer.callbacks if type(c).__name__ == "EnergyMonitor")
+    assert str(monitor.output_dir) == str(tmp_path)  # ${output_dir} reached the callback
+
+
+USER_PROJECT_FILE = """\
+# conf/callbacks/energy_monitor.yaml in your own Hydra project (the README's example)
+energy_monitor:
+  _target_: lightning_green.EnergyMonitor
+  output_dir: ${paths.output_dir}
+  carbon_intensity_g_per_kwh: 56.0
+"""
+
+
+def test_a_users_own_hydra_project_adds_the_callback_from_a_copied_file(tmp_path: Path):
+    from hydra.utils import instantiate
+    from lightning import Trainer
+
+    from lightning_green.data import DigitsDataModule
+    from lightning_green.models import LitClassifier, SimpleCNN
+    from lightning_green.records import read_summary
+
+    conf = tmp_path / "conf"
+    (conf / "callbacks").mkdir(parents=True)
+    (conf / "callbacks" / "energy_monitor.yaml").write_text(USER_PROJECT_FILE)
+    (conf / "train.yaml").write_text(
+        f"defaults:\n  - callbacks: energy_monitor\n  - _self_\npaths:\n  output_dir: {tmp_path / 'out'}\n"
+    )
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("train")
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]  # as lightning-hydra-template does
+    Trainer(max_epochs=1, callbacks=callbacks, logger=False, enable_progress_bar=False,
+            enable_checkpointing=False).fit(LitClassifier(SimpleCNN(conv_layers=1)), datamodule=DigitsDataModule())  # fmt: skip
+    assert read_summary(tmp_path / "out")["carbon_intensity_g_per_kwh"] == 56.0

@@ -83,13 +83,19 @@ def energy_budget_stopper(budget_j: float, metric: str) -> Any:
 
 
 def prepare(cfg: DictConfig) -> tuple[list, dict[str, Any]]:
-    """Validate everything a study needs before Ray starts; returns (params, resolved base config)."""
+    """Validate everything a study needs before Ray starts; returns (params, base config).
+
+    The base config is resolved except for the ``callbacks`` group, whose nodes keep their
+    interpolations (``${output_dir}``, ``${energy.*}``) so that each trial's folder reaches them.
+    """
     check_strategy(cfg.tune.strategy, cfg.tune)
     from lightning_green.config import check_trainer
 
     check_trainer(cfg)
     check_ray_address(cfg.tune.ray_address)
     base = to_container(cfg)
+    if "callbacks" in cfg:
+        base["callbacks"] = OmegaConf.to_container(cfg.callbacks, resolve=False)
     params = parse_space(cfg.tune.space.params, OmegaConf.create(base))
     return params, base
 
