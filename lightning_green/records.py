@@ -165,9 +165,17 @@ class RecordWriter:
 
     Example::
 
-        writer = RecordWriter("runs/energy.jsonl")
-        writer.write(record)
-        writer.close()
+        >>> import tempfile
+        >>> from lightning_green.energy import make_meter
+        >>> meter = make_meter("estimate")
+        >>> meter.start()
+        >>> record = WindowRecord.from_reading(meter.stop(), run_id="demo", stage="train", epoch=0, global_step=1)
+        >>> writer = RecordWriter(f"{tempfile.mkdtemp()}/energy.jsonl")
+        >>> writer.write(record)
+        True
+        >>> writer.close()
+        >>> [w.run_id for w in read_windows(writer.path)]
+        ['demo']
     """
 
     def __init__(self, path: str | os.PathLike[str], fsync_every_s: float | None = FSYNC_EVERY_S) -> None:

@@ -132,9 +132,11 @@ def test_baseline_off_changes_nothing(tmp_path: Path, monkeypatch):
 
 
 def test_the_cpu_time_estimate_is_dynamic_already(tmp_path: Path):
-    monitor = EnergyMonitor(output_dir=tmp_path)  # the estimate on this machine: no idle window
+    monitor = EnergyMonitor(
+        output_dir=tmp_path, rapl_root=tmp_path / "no-rapl"
+    )  # the estimate: no idle window
     trainer = Trainer(max_epochs=1, callbacks=[monitor], logger=False, enable_progress_bar=False,
-                      enable_checkpointing=False)  # fmt: skip
+                      enable_checkpointing=False, accelerator="cpu")  # fmt: skip
     t0 = time.monotonic()
     trainer.fit(LitClassifier(SimpleCNN(conv_layers=1)), datamodule=DigitsDataModule())
     assert time.monotonic() - t0 < 30

@@ -72,16 +72,29 @@ def test_rapl_handles_wraparound(rapl_tree: Path):
 
 
 def test_rapl_poller_catches_wraps_between_windows(rapl_tree: Path):
-    meter = RaplMeter(rapl_tree, poll_interval_s=0.02)
+    meter = RaplMeter(rapl_tree, poll_interval_s=3600)  # the thread exists; we make its polls happen
     try:
         meter.start()
         set_uj(rapl_tree, "intel-rapl:0", 999_000)  # +99_000
-        time.sleep(0.2)  # the poller reads it
+        meter._poll()  # what the poller does every poll_interval_s
         set_uj(rapl_tree, "intel-rapl:0", 1_000)  # wraps: +2_000
         r = meter.stop()
     finally:
         meter.close()
     assert {d.key: d.joules for d in r.domains}["cpu:0"] == pytest.approx(0.101)
+
+
+def test_polling_thread_calls_its_function_until_stopped():
+    import threading
+
+    from lightning_green.energy.base import PollingThread
+
+    calls = threading.Semaphore(0)
+    poller = PollingThread(calls.release, 0.001, "test-poll")
+    try:
+        assert calls.acquire(timeout=10) and calls.acquire(timeout=10)  # polled, and again
+    finally:
+        poller.stop()
 
 
 def test_rapl_unreadable_counter_raises_or_marks_incomplete(rapl_tree: Path, monkeypatch):
@@ -172,17 +185,23 @@ def test_nvml_failure_mid_run_marks_incomplete(monkeypatch):
 
 
 def test_nvml_power_sampling_without_counter(monkeypatch):
-    FakeNvml(monkeypatch, gpus=1, counter=False)
-    meter = NvmlMeter([0], sync=False, sample_interval_s=0.01)
+    fake = FakeNvml(monkeypatch, gpus=1, counter=False)
+    now = {"t": 0.0}
+    meter = NvmlMeter([0], sync=False, sample_interval_s=3600, clock=lambda: now["t"])
     try:
         meter.start()
-        time.sleep(0.3)
+        now["t"] = 1.0
+        meter._sample_power()  # a power sample, as the thread takes every sample_interval_s
+        fake.watts[0] = 300.0
+        now["t"] = 2.0
         r = meter.stop()
     finally:
         meter.close()
     (d,) = r.domains
     assert d.source == "measured:nvml-power"
-    assert d.joules == pytest.approx(100.0 * r.seconds, rel=0.15)
+    assert d.joules == pytest.approx(
+        100.0 + (100.0 + 300.0) / 2
+    )  # trapezoids: 100 W for 1 s, then 100 -> 300 W
 
 
 def test_auto_falls_back_to_estimate_and_says_why(tmp_path: Path):

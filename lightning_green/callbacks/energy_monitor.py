@@ -122,14 +122,17 @@ class EnergyMonitor(Callback):
 
     Example::
 
-        from lightning import Trainer
-        from lightning_green import EnergyMonitor
-        from lightning_green.data import DigitsDataModule
-        from lightning_green.models import LitClassifier, SimpleCNN
-
-        trainer = Trainer(max_epochs=2, callbacks=[EnergyMonitor()])
-        trainer.fit(LitClassifier(SimpleCNN()), datamodule=DigitsDataModule())
-        print(trainer.callback_metrics["energy/total_j"])
+        >>> import tempfile
+        >>> from lightning import Trainer
+        >>> from lightning_green import EnergyMonitor
+        >>> from lightning_green.data import DigitsDataModule
+        >>> from lightning_green.models import LitClassifier, SimpleCNN
+        >>> monitor = EnergyMonitor(output_dir=tempfile.mkdtemp())
+        >>> trainer = Trainer(max_epochs=2, callbacks=[monitor], logger=False, enable_progress_bar=False,
+        ...                   enable_checkpointing=False, enable_model_summary=False)
+        >>> trainer.fit(LitClassifier(SimpleCNN()), datamodule=DigitsDataModule())
+        >>> float(trainer.callback_metrics["energy/total_j"]) == monitor.summary()["total_j"] > 0
+        True
     """
 
     def __init__(

@@ -146,15 +146,18 @@ class LayerEnergyProfiler(Callback):
 
     Example::
 
-        from lightning import Trainer
-        from lightning_green import EnergyMonitor, LayerEnergyProfiler
-        from lightning_green.data import DigitsDataModule
-        from lightning_green.models import LitClassifier, SimpleCNN
-
-        trainer = Trainer(max_epochs=1, callbacks=[EnergyMonitor(), LayerEnergyProfiler()])
-        trainer.fit(LitClassifier(SimpleCNN()), datamodule=DigitsDataModule())
-        profiler = trainer.callbacks[1]
-        print(profiler.type_table())
+        >>> import tempfile
+        >>> from lightning import Trainer
+        >>> from lightning_green import EnergyMonitor, LayerEnergyProfiler
+        >>> from lightning_green.data import DigitsDataModule
+        >>> from lightning_green.models import LitClassifier, SimpleCNN
+        >>> profiler = LayerEnergyProfiler(plot=False)
+        >>> trainer = Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+        ...                   enable_model_summary=False,
+        ...                   callbacks=[EnergyMonitor(output_dir=tempfile.mkdtemp()), profiler])
+        >>> trainer.fit(LitClassifier(SimpleCNN()), datamodule=DigitsDataModule())
+        >>> [t["layer_type"] for t in profiler.type_table()]
+        ['Conv', 'Linear', 'ReLU', 'BatchNorm', 'Pooling', 'Other', 'unattributed']
     """
 
     def __init__(

@@ -2,12 +2,14 @@
 
 Example::
 
-    from lightning_green.energy import make_meter
-    meter = make_meter("auto")
-    meter.start()
-    ...  # work
-    reading = meter.stop()
-    print(reading.joules, reading.sources)
+    >>> from lightning_green.energy import make_meter
+    >>> meter = make_meter("auto")  # the best this machine has: NVML, RAPL, else the CPU-time estimate
+    >>> meter.start()
+    >>> _ = sum(range(10**5))  # work
+    >>> reading = meter.stop()
+    >>> reading.complete and all(s.startswith(("measured:", "estimated:")) for s in reading.sources.values())
+    True
+    >>> meter.close()
 """
 
 from lightning_green.energy.base import CompositeMeter, Meter, MeterUnavailableError

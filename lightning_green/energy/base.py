@@ -40,11 +40,13 @@ class Meter(ABC):
 
     Example::
 
-        meter = make_meter("estimate")
-        meter.start()
-        sum(i * i for i in range(10**6))
-        reading = meter.stop()
-        print(reading.joules, reading.sources)
+        >>> from lightning_green.energy import make_meter
+        >>> meter = make_meter("estimate")
+        >>> meter.start()
+        >>> _ = sum(i * i for i in range(10**6))
+        >>> reading = meter.stop()
+        >>> reading.joules > 0, reading.sources
+        (True, {'cpu': 'estimated:cpu-time'})
     """
 
     name: str = "meter"

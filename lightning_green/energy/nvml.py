@@ -58,16 +58,16 @@ BUSY_UTILISATION_PCT = 5
 class _PowerIntegrator:
     """Integrates sampled power into a cumulative energy counter."""
 
-    def __init__(self, read_watts: Callable[[], float]) -> None:
-        self._read = read_watts
+    def __init__(self, read_watts: Callable[[], float], clock: Callable[[], float] = time.monotonic) -> None:
+        self._read, self._clock = read_watts, clock
         self._lock = threading.Lock()
-        self._t = time.monotonic()
+        self._t = clock()
         self._w = read_watts()
         self.joules = 0.0
 
     def sample(self) -> float:
         with self._lock:
-            now, w = time.monotonic(), self._read()
+            now, w = self._clock(), self._read()
             self.joules += 0.5 * (w + self._w) * (now - self._t)
             self._t, self._w = now, w
             return self.joules
@@ -84,6 +84,7 @@ class NvmlMeter(CounterMeter):
             period of the background reads of the energy counter.
         sync_reads: Read the energy counter at each window edge on the caller's thread (about
             4 ms per read on an H200) instead of interpolating background samples (microseconds).
+        clock: The monotonic clock power samples are integrated over (tests pass a fake one).
 
     Raises:
         MeterUnavailableError: If NVML cannot start or finds no GPU.
@@ -97,6 +98,7 @@ class NvmlMeter(CounterMeter):
         sync: bool = True,
         sample_interval_s: float = 0.05,
         sync_reads: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         nvml = _pynvml()
         try:
@@ -129,7 +131,7 @@ class NvmlMeter(CounterMeter):
                 nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
             except Exception:
                 self._integrators[i] = _PowerIntegrator(
-                    lambda h=handle: nvml.nvmlDeviceGetPowerUsage(h) / 1000.0
+                    lambda h=handle: nvml.nvmlDeviceGetPowerUsage(h) / 1000.0, clock
                 )
         self._poller = (
             PollingThread(self._sample_power, sample_interval_s, "nvml-power") if self._integrators else None
