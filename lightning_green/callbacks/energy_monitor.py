@@ -188,6 +188,7 @@ class EnergyMonitor(Callback):
         self._epoch_val_j = 0.0
         self._summary_at = -math.inf
         self._warned_summary = False
+        self._stage: str | None = None
 
     def _reset_totals(self) -> None:
         self.total_j = 0.0
@@ -217,6 +218,7 @@ class EnergyMonitor(Callback):
     # ------------------------------------------------------------------ set-up
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._stage = stage
         if stage == "fit":
             if self._fits:
                 # A second fit with the same monitor is a new run: its own run_id and totals, never
@@ -726,6 +728,10 @@ class EnergyMonitor(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self._stage not in (None, "fit"):
+            # trainer.test(ckpt_path=...) loads a checkpoint's weights; it does not resume the
+            # run whose energy this monitor is counting, so its totals must not roll back.
+            return
         old = state_dict.get("run_id")
         lineage = [*state_dict.get("resumed_from", []), *([old] if old else [])]
         self.resumed_from = [r for r in lineage if r != self.run_id]
