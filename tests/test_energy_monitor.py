@@ -312,14 +312,15 @@ def test_keys_reach_a_tensorboard_logger(tmp_path: Path):
 
 
 def test_testing_a_checkpoint_does_not_roll_the_totals_back(tmp_path: Path):
-    """``trainer.test(ckpt_path="best")`` loads weights from an earlier epoch, not the run's state."""
+    """``trainer.test(ckpt_path=...)`` loads weights from an earlier epoch, not the run's state."""
     monitor = EnergyMonitor(output_dir=tmp_path / "out")
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_acc", mode="max", save_top_k=1)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="e{epoch}", save_top_k=-1)  # one per epoch
     trainer = _trainer(tmp_path, monitor, max_epochs=3, callbacks=[ckpt], logger=False)
     model = _model()
     trainer.fit(model, datamodule=DigitsDataModule())
     fit_total, epochs = monitor.total_j, len(monitor.epoch_j)
-    trainer.test(model, datamodule=DigitsDataModule(), ckpt_path=ckpt.best_model_path, verbose=False)
+    first_epoch = tmp_path / "ckpt" / "eepoch=0.ckpt"  # its state: 1 epoch, a third of the energy
+    trainer.test(model, datamodule=DigitsDataModule(), ckpt_path=first_epoch, verbose=False)
     test_j = sum(w.energy_j for w in read_windows(tmp_path / "out") if w.stage == "test")
     summary = read_summary(tmp_path / "out")
     assert summary["total_j"] == pytest.approx(fit_total + test_j)
