@@ -114,13 +114,15 @@ class LayerEnergyProfiler(Callback):
 
     Written to ``output_dir`` (default: the EnergyMonitor's, else the logger's log dir):
 
-    - ``layers.csv``: per leaf: ``name`` (qualified), ``layer_type``, ``params``, ``flops``
-      (forward FLOPs per step, from ``torch.utils.flop_counter``), ``calls`` (per step),
-      ``forward_s``, ``backward_s`` and ``seconds`` (per step; for ``unattributed``, the step's
-      time no layer explains), ``share`` (of the step's energy),
-      ``joules_per_step``, ``joules_per_sample``, ``source``; plus the ``unattributed`` row.
+    - ``layers.csv``: per leaf: ``run_id`` (the EnergyMonitor's run), ``name`` (qualified),
+      ``layer_type``, ``params``, ``flops`` (forward FLOPs per step, from
+      ``torch.utils.flop_counter``), ``calls`` (per step), ``forward_s``, ``backward_s`` and
+      ``seconds`` (per step; for ``unattributed``, the step's time no layer explains), ``share``
+      (of the step's energy), ``joules_per_step``, ``joules_per_sample``, ``source``,
+      ``complete`` and ``note`` (a row with no figure, empty joules, says why: the window read
+      0 J, the meter failed, a replay failed); plus the ``unattributed`` row.
     - ``layer_types.csv``: per type (Conv, Linear, ReLU, Activation, BatchNorm, Norm, Pooling,
-      Dropout, Other, unattributed): ``joules_per_step``, ``share``, ``params``, ``flops``.
+      Dropout, Other, unattributed): ``run_id``, ``joules_per_step``, ``share``, ``params``, ``flops``.
     - ``layer_energy.png``: bar charts of energy by layer type and of the top layers.
     - ``energy.jsonl``: the same rows as ``layer`` / ``layer_type`` records.
 
@@ -140,6 +142,9 @@ class LayerEnergyProfiler(Callback):
         output_dir: Where files go.
         top_layers: Layers shown in the chart.
         plot: Save ``layer_energy.png`` at the end of training (about 0.3 s of matplotlib, once).
+
+    A measurement failure never ends training: a profiling window whose meter raises or whose
+    counter does not move is left out with one warning, and the rows say so.
 
     Raises:
         ValueError: On a bad argument (naming it), or in ``setup`` for a model with no leaf modules.
