@@ -184,7 +184,6 @@ class RecordWriter:
         self.fsync_every_s = fsync_every_s
         self.pending: list[WindowRecord | LayerRecord] = []
         self.failed: OSError | None = None
-        self.lost_writes = 0
         self._tail_checked = False
         self._synced_at = time.monotonic()
         self._dirty = False
@@ -217,7 +216,6 @@ class RecordWriter:
                 os.close(fd)
         except OSError as err:
             self.pending = todo
-            self.lost_writes += 1
             self._tail_checked = False
             if self.failed is None:
                 warnings.warn(

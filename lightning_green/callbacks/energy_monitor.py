@@ -198,7 +198,6 @@ class EnergyMonitor(Callback):
         self.windows = 0
         self.incomplete_windows = 0
         self.epoch_j: list[float] = []  # train + its validation, per completed epoch
-        self.forecast_fit_j: float | None = None
         self.interrupted_windows = 0
         self.total_dynamic_j: float | None = 0.0  # None once a window's dynamic energy is unknown
         self.stage_dynamic_j: dict[str, float | None] = {}
@@ -497,6 +496,11 @@ class EnergyMonitor(Callback):
             return 0.0
         return r.joules if r is not None else 0.0
 
+    @property
+    def forecast_fit_j(self) -> float | None:
+        """The latest forecast of the fit's energy, in joules (``None`` before there is one)."""
+        return self.forecast.fit_j if self.forecast is not None else None
+
     def spent_j(self) -> float:
         """Energy of this run so far, open windows included, in joules (cheap: no device sync).
 
@@ -558,7 +562,7 @@ class EnergyMonitor(Callback):
         )
         if f is None:
             return
-        self.forecast, self.forecast_fit_j = f, f.fit_j
+        self.forecast = f
         if mid_epoch and self.log_metrics:
             publish(
                 trainer,

@@ -203,8 +203,6 @@ class CounterSampler:
         self._last: tuple[float, dict[str, float | None]] | None = None
         self._pending: list[_Edge] = []
         self._stop = threading.Event()
-        self.samples = 0
-        self.read_seconds = 0.0  # time spent reading, on the sampler thread
         self.sample()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -220,8 +218,6 @@ class CounterSampler:
         t1 = self._clock()
         t = 0.5 * (t0 + t1)
         with self._cond:
-            self.samples += 1
-            self.read_seconds += t1 - t0
             self._prev, self._last = self._last, (t, values)
             if self._pending:
                 keep = []
