@@ -2,9 +2,10 @@
 
 1. EnergyMonitor's per-epoch GPU energy (backends zeus and nvml) against an independent
    ZeusMonitor window around the same epochs (target: within 1%).
-2. LayerEnergyProfiler on torchvision's resnet18: allocate vs replay per layer type, and the
-   profiled steps' energy (layers + unattributed) against an independent Zeus window around the
-   same steps and against the epoch's average power x the steps' time (target: within 2%).
+2. LayerEnergyProfiler on torchvision's resnet18 (mode="power", so allocate, power and replay
+   figures from the same steps): the reference steps' energy it measures against an independent
+   Zeus window around the same steps (target: within 2%), and each method per layer type.
+   Whether per-module figures are right is benchmarks/layer_ablation.py's job (--device cuda).
 
 Usage: python benchmarks/gpu_check.py OUT_DIR
 """
@@ -72,7 +73,7 @@ class ZeusEpochs(pl.Callback):
 
 
 class ZeusSteps(pl.Callback):
-    """The reference for profiled steps: a ZeusMonitor window around the profiler's window."""
+    """The reference for the profiler's step energy: a ZeusMonitor window around its reference steps."""
 
     def __init__(self, profiler: LayerEnergyProfiler) -> None:
         from zeus.monitor import ZeusMonitor
@@ -83,12 +84,16 @@ class ZeusSteps(pl.Callback):
         self.open = False
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if self.profiler.is_profiled_step(trainer.global_step) and not self.open:
-            self.zm.begin_window("window")
-            self.open = True
+        pass
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.open and not self.profiler.is_profiled_step(trainer.global_step):
+        # the profiler opens its reference window at the end of the last profiled step, and closes
+        # it at the end of the last reference step; this callback runs after it, so it brackets it
+        reference = self.profiler.phase(trainer.global_step) == "reference"
+        if reference and not self.open:
+            self.zm.begin_window("window")
+            self.open = True
+        elif self.open and not reference:
             self.on_train_epoch_end(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer, pl_module):  # the profiler closes its window here too
@@ -127,39 +132,32 @@ def monitor_vs_zeus(out: Path) -> list[dict]:
 
 
 def profiler_check(out: Path) -> dict:
-    res: dict = {}
-    for mode in ("allocate", "replay"):
-        # ~400 steps of ~25 ms: a 10 s window, long enough for the GPU's energy counter
-        prof = LayerEnergyProfiler(
-            warmup_steps=20, profile_steps=400, every_n_steps=None, mode=mode, replay_window_s=1.0
-        )
-        ref = ZeusSteps(prof)
-        mon = EnergyMonitor(backend="nvml", output_dir=out / f"profile_{mode}")
-        t = trainer([ref, mon, prof], max_epochs=1)
-        t0 = time.monotonic()
-        t.fit(model(), train_dataloaders=loader(repeat=27))
-        rows = prof.rows()
-        epoch = next(w for w in read_windows(out / f"profile_{mode}") if w.stage == "train")
-        layers_plus_unattr = sum(r["joules_per_step"] for r in rows) * prof.steps
-        avg_power_j = epoch.energy_j / epoch.seconds * prof.window_seconds
-        res[mode] = {
-            "profiled_steps": prof.steps,
-            "step_seconds_mean": prof.step_seconds / prof.steps,
-            "layers_plus_unattributed_j": layers_plus_unattr,
-            "profiler_measured_window_j": prof.window_joules,
-            "window_seconds": prof.window_seconds,
-            "zeus_reference_steps_j": ref.joules,
-            "diff_vs_zeus_pct": 100 * (layers_plus_unattr - ref.joules) / ref.joules,
-            "epoch_avg_power_x_window_time_j": avg_power_j,
-            "diff_vs_avg_power_pct": 100 * (layers_plus_unattr - avg_power_j) / avg_power_j,
-            "types": prof.type_table(),
-            "conv_layers": {r["name"]: r["joules_per_step"] for r in rows if r["layer_type"] == "Conv"},
-            "source": rows[0]["source"],
-            "wall_s": time.monotonic() - t0,
-        }
-    a, r = res["allocate"]["conv_layers"], res["replay"]["conv_layers"]
-    res["replay_over_allocate_conv"] = {k: r[k] / a[k] for k in a if a[k] > 0}
-    return res
+    # 200 profiled + 200 reference steps of ~25 ms: 5 s windows, long enough for the energy counter
+    prof = LayerEnergyProfiler(
+        warmup_steps=20, profile_steps=200, every_n_steps=None, mode="power", replay_window_s=1.0
+    )
+    ref = ZeusSteps(prof)
+    mon = EnergyMonitor(backend="nvml", output_dir=out / "profile")
+    t = trainer([mon, prof, ref], max_epochs=1)
+    t0 = time.monotonic()
+    t.fit(model(), train_dataloaders=loader(repeat=27))
+    rows = prof.rows()
+    by_type: dict = {}
+    for key in ("allocated_j", "power_j", "replayed_j"):
+        for r in rows[:-1]:
+            by_type.setdefault(r["layer_type"], {}).setdefault(key, 0.0)
+            by_type[r["layer_type"]][key] += r[key] or 0.0
+    fig = prof.step_figures()
+    return {
+        **fig,
+        "reference_j": prof.reference_joules,
+        "reference_seconds": prof.reference_seconds,
+        "zeus_reference_steps_j": ref.joules,
+        "diff_vs_zeus_pct": 100 * (prof.reference_joules - ref.joules) / ref.joules if ref.joules else None,
+        "by_type": by_type,
+        "unattributed_j": rows[-1]["joules_per_step"],
+        "wall_s": time.monotonic() - t0,
+    }
 
 
 def main() -> None:
@@ -183,26 +181,19 @@ def main() -> None:
         )
     print("\n".join(lines), flush=True)
     prof = profiler_check(out)
-    lines += ["", "2. LayerEnergyProfiler on resnet18 (3x96x96, batch 128)", ""]
-    for mode in ("allocate", "replay"):
-        p = prof[mode]
-        lines.append(
-            f"{mode}: {p['profiled_steps']} steps of {p['step_seconds_mean'] * 1000:.1f} ms in a {p['window_seconds']:.1f} s window; layers + unattributed "
-            f"{p['layers_plus_unattributed_j']:.2f} J; independent Zeus windows on the same steps {p['zeus_reference_steps_j']:.2f} J "
-            f"({p['diff_vs_zeus_pct']:+.2f}%); epoch average power x window time {p['epoch_avg_power_x_window_time_j']:.2f} J "
-            f"({p['diff_vs_avg_power_pct']:+.2f}%); source {p['source']}"
+    lines += [
+        "",
+        "2. LayerEnergyProfiler on resnet18 (3x96x96, batch 128), mode=power",
+        f"reference steps: {prof['reference_j']:.2f} J in {prof['reference_seconds']:.1f} s; independent Zeus window on "
+        f"the same steps {prof['zeus_reference_steps_j']:.2f} J ({prof['diff_vs_zeus_pct']:+.2f}%); step {prof['step_j']:.3f} J, "
+        f"{prof['step_s'] * 1000:.1f} ms; source {prof['source']}",
+        "J/step by type (allocate / power / replay): "
+        + ", ".join(
+            f"{t} {v['allocated_j']:.3f}/{v['power_j']:.3f}/{v['replayed_j']:.3f}"
+            for t, v in prof["by_type"].items()
         )
-        lines.append(
-            "  "
-            + ", ".join(
-                f"{t['layer_type']} {t['joules_per_step']:.3f} J/step ({t['share']:.1%})" for t in p["types"]
-            )
-        )
-    ratios = list(prof["replay_over_allocate_conv"].values())
-    if ratios:
-        lines.append(
-            f"replay / allocate per conv layer: median {sorted(ratios)[len(ratios) // 2]:.2f}, min {min(ratios):.2f}, max {max(ratios):.2f}"
-        )
+        + f"; unattributed {prof['unattributed_j']:.3f}",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     (out / "gpu_check.txt").write_text(text)

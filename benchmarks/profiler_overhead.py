@@ -30,6 +30,7 @@ HOOKS = (
     "on_train_batch_end",
     "on_train_epoch_end",
     "on_validation_start",
+    "on_before_optimizer_step",
 )
 TimedProfiler = timed_callback(LayerEnergyProfiler, HOOKS)
 

@@ -52,6 +52,16 @@ class DenseSchema:
 
 
 @dataclass
+class TransformerSchema:
+    _target_: str = "lightning_green.models.TransformerClassifier"
+    depth: int = 4
+    width: int = 64
+    heads: int = 4
+    patch: int = 0
+    dropout: float = 0.0
+
+
+@dataclass
 class TorchvisionModelSchema:
     _target_: str = "lightning_green.models.torchvision_model"
     name: str = "resnet18"
@@ -201,6 +211,7 @@ def register_configs() -> None:
     cs.store(group="model", name="cnn_schema", node=CNNSchema)
     cs.store(group="model", name="dense_schema", node=DenseSchema)
     cs.store(group="model", name="torchvision_schema", node=TorchvisionModelSchema)
+    cs.store(group="model", name="transformer_schema", node=TransformerSchema)
     cs.store(group="data", name="digits_schema", node=DigitsSchema)
     cs.store(group="data", name="torchvision_schema", node=TorchvisionDataSchema)
     cs.store(group="data", name="synthetic_schema", node=SyntheticSchema)

@@ -33,6 +33,25 @@ def print_type_table(profiler: LayerEnergyProfiler, title: str) -> None:
     Console().print(table)
 
 
+def print_top_modules(profiler: LayerEnergyProfiler, top: int = 10) -> None:
+    """The ``top`` modules by total energy (with their children), indented by depth."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = [r for r in profiler.rows() if r["name"] != "unattributed" and r["total_j"] is not None]
+    if not rows:
+        return
+    table = Table(title=f"Top {min(top, len(rows))} modules by energy per step")
+    for col in ("module", "type", "total J", "own J", "own share"):
+        table.add_column(col, justify="left" if col in ("module", "type") else "right")
+    for r in sorted(rows, key=lambda r: -r["total_j"])[:top]:
+        table.add_row(
+            "  " * (r["depth"] - 1) + r["name"], f"{r['module_type']} ({r['layer_type']})",
+            f"{r['total_j']:.4g}", f"{r['joules_per_step']:.4g}", f"{r['share']:.1%}",
+        )  # fmt: skip
+    Console().print(table)
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="profile", version_base="1.3")
 @friendly_errors
 def main(cfg: DictConfig) -> None:
@@ -50,7 +69,8 @@ def main(cfg: DictConfig) -> None:
     print_type_table(
         profiler, f"Energy per layer type ({profiler.steps} profiled steps; {rows[0]['source']})"
     )
-    for note in dict.fromkeys(r["note"] for r in rows if r["note"]):
+    print_top_modules(profiler)
+    for note in dict.fromkeys(r["note"] for r in rows if r["note"] and r["name"] != "unattributed"):
         print(f"note: {note}")
     if profiler.written:
         print(f"files in {profiler.output_dir}: {', '.join(profiler.written)}")

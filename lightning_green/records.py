@@ -111,9 +111,10 @@ class WindowRecord:
 
 @dataclass
 class LayerRecord:
-    """Energy of one layer (``kind="layer"``) or one layer type (``kind="layer_type"``).
+    """Energy of one module (``kind="layer"``) or one layer type (``kind="layer_type"``).
 
-    ``joules_per_step`` and ``share`` are ``None`` when there is no figure (the profiling window
+    ``joules_per_step`` is the module's own work (its children excluded, so rows add up to the
+    step), ``total_j`` the module with its children. ``joules_per_step`` and ``share`` are ``None`` when there is no figure (the profiling window
     measured 0 J, or its counter failed); ``complete`` is then ``False`` and ``note`` says why.
     """
 
@@ -134,6 +135,12 @@ class LayerRecord:
     steps: int = 0
     complete: bool = True
     note: str = ""
+    parent: str | None = None  # the enclosing module's name (None: a top-level module)
+    depth: int = 1
+    total_j: float | None = None  # the module and its children, joules per step
+    optimizer_j: float | None = None  # its share of the optimizer step (by its own parameters)
+    rank: int = 0  # the rank whose device these figures are (each rank profiles its own)
+    world_size: int = 1
     schema: int = SCHEMA_VERSION
 
 
@@ -385,7 +392,7 @@ def _record(data: Any, where: str) -> WindowRecord | LayerRecord:
         if not isinstance(record.complete, bool):
             raise RecordError(f"{where}: field complete must be true or false, got {record.complete!r}")
     else:
-        for name in ("joules_per_step", "share"):
+        for name in ("joules_per_step", "share", "total_j", "optimizer_j"):
             v = getattr(record, name)
             if v is not None and not _finite(v):
                 raise RecordError(f"{where}: field {name} must be a finite number or null, got {v!r}")

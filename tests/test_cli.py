@@ -77,7 +77,7 @@ def test_invalid_override_fails_before_training(tmp_path: Path):
     assert r.returncode == 2  # a one-line message, not a traceback
     assert "model.conv_layers must be an integer >= 1, got 0" in r.stderr
     assert not (tmp_path / "run" / "energy.jsonl").exists()
-    r = cli("train", "model=transformer", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    r = cli("train", "model=lstm", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert r.returncode != 0 and "model" in r.stderr and "cnn" in r.stderr  # lists the available options
 
 

@@ -126,6 +126,7 @@ def test_ddp_through_the_console_script(tmp_path: Path):
     try:
         r = cli(
             "train", "trainer=ddp", "trainer.accelerator=cpu", *TINY, f"hydra.run.dir={run}",
+            "energy.profile_layers=true", "profiler.warmup_steps=1", "profiler.profile_steps=2",
             cwd=tmp_path, timeout=300,
         )  # fmt: skip
     finally:
@@ -136,6 +137,9 @@ def test_ddp_through_the_console_script(tmp_path: Path):
     keys = {d["device"] for w in windows for d in w.domains}
     assert keys == {"rank0/process", "rank1/process"}
     assert read_run(run).energy_j > 0
+    with open(run / "layers.csv") as f:  # each rank profiles its own device; rank 0 writes its figures
+        layers = list(csv.DictReader(f))
+    assert layers and {(r["rank"], r["world_size"]) for r in layers} == {("0", "2")}
     shutil.rmtree(run / "checkpoints", ignore_errors=True)
 
 

@@ -12,7 +12,7 @@ MODULES = [
     "lightning_green.energy.base",
     "lightning_green.records",
     "lightning_green.callbacks.energy_monitor",
-    "lightning_green.callbacks.layer_profiler",
+    "lightning_green.callbacks.layer_profiler.callback",
     "lightning_green.callbacks.forecast",
     "lightning_green.callbacks.energy_budget",
     "lightning_green.callbacks.energy_efficient_stopping",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from torch import nn
 from lightning_green import EnergyMonitor, LayerEnergyProfiler
 from lightning_green.data import DigitsDataModule, SyntheticDataModule
 from lightning_green.energy.base import Channel, CounterMeter
-from lightning_green.models import LitClassifier, SimpleCNN, torchvision_model
+from lightning_green.models import LitClassifier, SimpleCNN, TransformerClassifier, torchvision_model
 from lightning_green.records import iter_records
 
 
@@ -64,9 +65,9 @@ class HookSpy(Callback):
         self.seen[trainer.global_step] = hooked
 
 
-def test_cnn_every_leaf_once_shares_sum_and_allocation(tmp_path: Path):
+def test_cnn_whole_tree_shares_sum_and_allocation(tmp_path: Path):
     net = SimpleCNN(conv_layers=2, linear_layers=2)
-    expected = {f"net.{i}" for i, _ in enumerate(net)}
+    expected = {"net", *(f"net.{i}" for i, _ in enumerate(net))}
     meter = ConstantPowerMeter(watts=100.0)
     prof = LayerEnergyProfiler(warmup_steps=2, profile_steps=3, every_n_steps=8, meter=meter)
     spy = HookSpy()
@@ -76,21 +77,31 @@ def test_cnn_every_leaf_once_shares_sum_and_allocation(tmp_path: Path):
     names = [r["name"] for r in rows]
     assert names[-1] == "unattributed" and set(names[:-1]) == expected and len(names) == len(expected) + 1
     assert sum(r["share"] for r in rows) == pytest.approx(1.0)
-    step_j = prof.window_joules / prof.steps  # measured per profiled step
-    assert sum(r["joules_per_step"] for r in rows) == pytest.approx(step_j)
-    # constant 100 W: a window's joules are 100 x its seconds, and each layer gets 100 x its time
-    assert prof.window_joules == pytest.approx(100.0 * prof.window_seconds, rel=0.01)
-    assert prof.step_seconds <= prof.window_seconds
+    fig = prof.step_figures()
+    # constant 100 W: the reference steps' joules are 100 x their seconds
+    assert fig["step_j"] == pytest.approx(100.0 * fig["step_s"], rel=0.01)
+    assert sum(r["joules_per_step"] for r in rows) == pytest.approx(fig["step_j"])
     for r in rows[:-1]:
-        assert r["joules_per_step"] == pytest.approx(100.0 * r["seconds"], rel=0.05)
-        assert r["seconds"] > 0 and r["calls"] == 1
-        assert r["source"] == "allocated:measured:constant-test-power"
+        assert r["joules_per_step"] == pytest.approx(100.0 * r["self_s"], rel=0.02)
+        assert r["calls"] == 1 and r["source"] == "allocated:measured:constant-test-power"
+    by = {r["name"]: r for r in rows}
+    # the network's total is itself plus every layer; its own work is what runs between them
+    assert by["net"]["total_j"] == pytest.approx(sum(r["joules_per_step"] for r in rows[:-1]))
+    assert by["net"]["total_s"] >= sum(r["self_s"] for r in rows[1:-1]) - 1e-9
+    assert by["net"]["depth"] == 1 and by["net.0"]["parent"] == "net" and by["net.0"]["depth"] == 2
     conv = [r for r in rows if r["layer_type"] == "Conv"]
-    assert all(r["flops"] > 0 and r["backward_s"] > 0 for r in conv)  # first conv: weight-grad time counted
+    assert all(
+        r["flops"] > 0 and r["self_backward_s"] > 0 for r in conv
+    )  # first conv: weight-grad time counted
+    params = [r for r in rows[:-1] if r["params"]]
+    assert all(r["optimizer_s"] > 0 for r in params) and sum(r["optimizer_j"] for r in params) > 0
+    assert all(r["optimizer_s"] == 0 for r in rows[:-1] if not r["params"])
 
-    # 20 steps per epoch: windows at steps 2-4, 10-12, 18-19
+    # 20 steps per epoch: profiled 2-4, 10-12, 18-19 (hooks on); references 5-7 and 13-15 (no hooks)
     assert prof.steps == 8
     assert {s for s, hooked in spy.seen.items() if hooked} == {2, 3, 4, 10, 11, 12, 18, 19}
+    assert prof.fallback_windows == 1  # 18-19: the epoch ended before a reference ran
+    assert fig["hook_overhead_s_per_step"] > 0
     assert not any(
         m._forward_hooks or m._backward_hooks or m._forward_pre_hooks
         for m in trainer.lightning_module.modules()
@@ -98,7 +109,16 @@ def test_cnn_every_leaf_once_shares_sum_and_allocation(tmp_path: Path):
     assert not prof.attached
 
     types = {t["layer_type"]: t for t in prof.type_table()}
-    assert set(types) == {"Conv", "BatchNorm", "ReLU", "Pooling", "Other", "Linear", "unattributed"}
+    assert set(types) == {
+        "Conv",
+        "BatchNorm",
+        "ReLU",
+        "Pooling",
+        "Other",
+        "Linear",
+        "Composite",
+        "unattributed",
+    }
     assert types["Conv"]["layers"] == 2 and types["ReLU"]["layers"] == 3
     assert sum(t["share"] for t in types.values()) == pytest.approx(1.0)
 
@@ -106,6 +126,7 @@ def test_cnn_every_leaf_once_shares_sum_and_allocation(tmp_path: Path):
     with open(out / "layers.csv") as f:
         assert [r["name"] for r in csv.DictReader(f)] == names
     assert (out / "layer_types.csv").is_file() and (out / "layer_energy.png").stat().st_size > 0
+    assert json.loads((out / "layer_profile.json").read_text())["step_j"] == pytest.approx(fig["step_j"])
     with open(out / "metrics.csv") as f:
         logged = [r for r in csv.DictReader(f) if r.get("layer_energy/Conv_j")]
     assert logged and float(logged[-1]["layer_energy/Conv_j"]) == pytest.approx(
@@ -116,6 +137,7 @@ def test_cnn_every_leaf_once_shares_sum_and_allocation(tmp_path: Path):
     )
     recs = list(iter_records(out / "energy.jsonl", "layer"))
     assert {r.name for r in recs} == set(names)
+    assert {r.name: r.parent for r in recs}["net.0"] == "net"
 
 
 class Block(nn.Module):
@@ -146,15 +168,15 @@ def test_nested_inplace_and_shared_module(tmp_path: Path):
     _fit(prof, model, tmp_path)
     rows = {r["name"]: r for r in prof.rows()}
     assert set(rows) == {
-        "net.block.conv",
-        "net.block.act",
-        "net.flat",
-        "net.shared",
-        "net.head",
+        "net", "net.block", "net.block.conv", "net.block.act", "net.flat", "net.shared", "net.head",
         "unattributed",
-    }
+    }  # fmt: skip
     assert rows["net.shared"]["calls"] == 2 and rows["net.head"]["calls"] == 1
     assert rows["net.shared"]["flops"] == 2 * 2 * 256 * 256 * 64  # two calls, batch of 64
+    assert rows["net.block"]["layer_type"] == "Composite" and rows["net.block"]["total_flops"] > 0
+    assert rows["net"]["total_flops"] == pytest.approx(
+        sum(r["flops"] for n, r in rows.items() if n != "unattributed"), rel=1e-6
+    )
     assert model.net.block.act.inplace is True  # restored after profiling
 
 
@@ -167,6 +189,9 @@ def test_resnet18_profiles_and_lists_its_convs(tmp_path: Path):
     convs = [r for r in rows if r["layer_type"] == "Conv"]
     assert len(convs) == 20  # 17 3x3 convs + 3 downsample 1x1
     assert any(r["name"].endswith("layer4.1.conv2") for r in convs)
+    by = {r["name"]: r for r in rows}
+    block = next(n for n in by if n.endswith("layer1.0"))  # a BasicBlock: its own work is the residual add
+    assert by[block]["layer_type"] == "Composite" and by[block]["total_j"] > by[block]["joules_per_step"] > 0
     assert sum(r["share"] for r in rows) == pytest.approx(1.0)
     types = {t["layer_type"] for t in prof.type_table()}
     assert {"Conv", "BatchNorm", "ReLU", "Pooling", "Linear"} <= types
@@ -222,6 +247,94 @@ class NoLayers(LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def test_model_without_leaf_modules_is_a_clear_error(tmp_path: Path):
-    with pytest.raises(ValueError, match="no leaf modules"):
+def test_model_without_modules_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(ValueError, match="no modules"):
         _fit(LayerEnergyProfiler(), NoLayers(), tmp_path, limit_val_batches=0)
+
+
+def _transformer(depth: int = 2, image_size: int = 16) -> LitClassifier:
+    torch.manual_seed(0)
+    # 64 tokens of 4x... : patch 2 on 16x16 gives 64 tokens, so the attention core is real work
+    return LitClassifier(
+        TransformerClassifier(depth=depth, width=32, heads=2, patch=2, image_size=image_size)
+    )
+
+
+def test_attention_inside_a_parent_forward_is_the_parents_own_work(tmp_path: Path):
+    """nanoGPT-style attention (F.scaled_dot_product_attention called in SelfAttention.forward): its
+    work is attributed to SelfAttention, typed Attention, and unattributed shrinks against leaf-only."""
+    dm = SyntheticDataModule(samples=256, image_size=16, batch_size=32)
+    prof = LayerEnergyProfiler(warmup_steps=1, profile_steps=2, every_n_steps=None, plot=False)
+    _fit(prof, _transformer(), tmp_path, dm=dm, limit_train_batches=6, limit_val_batches=0)
+    rows = prof.rows()
+    by = {r["name"]: r for r in rows}
+    attn = by["net.blocks.0.attn"]
+    assert attn["layer_type"] == "Attention" and attn["module_type"] == "SelfAttention"
+    # its own work (the SDPA call, reshapes) is a real part of its total, besides qkv and proj
+    assert attn["joules_per_step"] > 0.1 * attn["total_j"]
+    assert attn["total_j"] == pytest.approx(
+        attn["joules_per_step"]
+        + by["net.blocks.0.attn.qkv"]["total_j"]
+        + by["net.blocks.0.attn.proj"]["total_j"]
+    )
+    leaves = [r for r in rows[:-1] if not prof.nodes[r["name"]].children]
+    step_j = prof.step_figures()["step_j"]
+    leaf_only_unattributed = step_j - sum(r["joules_per_step"] for r in leaves)
+    tree_unattributed = by["unattributed"]["joules_per_step"]
+    assert tree_unattributed < leaf_only_unattributed - attn["joules_per_step"] * 0.9
+    types = {t["layer_type"]: t for t in prof.type_table()}
+    assert types["Attention"]["layers"] == 2 and types["Attention"]["joules_per_step"] > 0
+    assert types["Norm"]["layers"] == 5 and types["Embedding"]["layers"] == 1
+
+
+class DtypeSpy(nn.Linear):
+    """A Linear that records the dtype each of its calls computed in."""
+
+    seen: list[torch.dtype] = []
+
+    def forward(self, x):
+        out = super().forward(x)
+        DtypeSpy.seen.append(out.dtype)
+        return out
+
+
+def test_replay_runs_in_the_steps_autocast_dtype(tmp_path: Path):
+    DtypeSpy.seen = []
+    net = nn.Sequential(nn.Flatten(), DtypeSpy(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    prof = LayerEnergyProfiler(warmup_steps=1, profile_steps=2, every_n_steps=None, mode="replay",
+                               replay_window_s=0.05, plot=False)  # fmt: skip
+    _fit(
+        prof, LitClassifier(net), tmp_path, precision="bf16-mixed", limit_train_batches=5, limit_val_batches=0
+    )
+    assert DtypeSpy.seen and set(DtypeSpy.seen) == {torch.bfloat16}  # the steps and every replay
+    assert len(DtypeSpy.seen) > 5 + 10  # the replays did run (3 calibration + the measured loop)
+    row = next(r for r in prof.rows() if r["name"] == "net.1")
+    assert row["replay_j_per_call"] > 0 and row["source"].startswith("replayed:")
+
+
+def test_replay_power_and_allocate_all_reported_in_power_mode(tmp_path: Path):
+    dm = SyntheticDataModule(samples=256, image_size=16, batch_size=32)
+    prof = LayerEnergyProfiler(warmup_steps=1, profile_steps=2, every_n_steps=None, mode="power",
+                               replay_window_s=0.05, plot=False)  # fmt: skip
+    _fit(prof, _transformer(depth=2), tmp_path, dm=dm, limit_train_batches=6, limit_val_batches=0)
+    rows = prof.rows()
+    step_j = prof.step_figures()["step_j"]
+    for key in ("allocated_j", "power_j", "replayed_j"):
+        assert all(r[key] is not None for r in rows[:-1]), key
+    assert sum(r["joules_per_step"] for r in rows) == pytest.approx(step_j)
+    assert all(r["source"].startswith("allocated-by-power:") for r in rows[:-1])
+    assert all(r["replay_w"] > 0 for r in rows[:-1])
+    blocks = [r for r in rows if r["name"] in ("net.blocks.0", "net.blocks.1")]
+    assert "replay shared with net.blocks.0" in blocks[1]["note"]  # identical blocks: one replay
+
+
+def test_a_compiled_submodule_is_timed_as_one_unit(tmp_path: Path):
+    inner = nn.Sequential(nn.Linear(64, 64), nn.ReLU())
+    net = nn.Sequential(nn.Flatten(), torch.compile(inner, backend="eager"), nn.Linear(64, 10))
+    prof = LayerEnergyProfiler(warmup_steps=1, profile_steps=2, every_n_steps=None, plot=False)
+    _fit(prof, LitClassifier(net), tmp_path, limit_train_batches=5, limit_val_batches=0)
+    by = {r["name"]: r for r in prof.rows()}
+    assert by["net.1"]["layer_type"] == "Compiled" and "not attributable" in by["net.1"]["note"]
+    assert by["net.1"]["joules_per_step"] > 0
+    assert not any(n.startswith("net.1.") for n in by)
+    assert "inside torch.compile'd modules are not attributable" in " ".join(prof.structure_notes)

@@ -66,8 +66,8 @@ def test_compare_runs_every_strategy_and_writes_table_and_plots(tmp_path: Path):
         == 3
     )
     # the multi-objective study returns its non-dominated set
-    multi = pd.read_csv(out / "multi" / "seed0" / "trials.csv")
-    front = pd.read_csv(out / "multi" / "seed0" / "pareto.csv")
+    multi = pd.read_csv(out / "multi" / "seed0" / "trials.csv", dtype={"trial_id": str})
+    front = pd.read_csv(out / "multi" / "seed0" / "pareto.csv", dtype={"trial_id": str})
     expected = multi[pareto_mask(multi["accuracy"], multi["energy_j"])]
     assert sorted(front["trial_id"]) == sorted(expected["trial_id"]) and len(front) >= 1
     for _, f in front.iterrows():

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 
-def forward_flops(module: nn.Module, *inputs: Any) -> int | None:
+def forward_flops(module: nn.Module, *inputs: Any, **kwargs: Any) -> int | None:
     """FLOPs of one forward pass of ``module`` on ``inputs`` (eval mode, no grad, so BatchNorm
     statistics and gradients stay untouched; the training mode is restored). ``None`` when the
     module cannot run on these inputs alone (it needs more arguments than were captured)."""
@@ -18,7 +18,7 @@ def forward_flops(module: nn.Module, *inputs: Any) -> int | None:
     module.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            module(*inputs)
+            module(*inputs, **kwargs)
     except Exception:
         return None
     finally:

@@ -217,7 +217,12 @@ def pareto_table(trials: pd.DataFrame) -> pd.DataFrame:
 def read_study(path: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
     path = Path(path)
     meta = read_json(path / STUDY_FILE)
-    trials = pd.read_csv(path / TRIALS_FILE) if (path / TRIALS_FILE).is_file() else pd.DataFrame()
+    # trial ids are hex strings: one made of digits alone must not turn into a number
+    trials = (
+        pd.read_csv(path / TRIALS_FILE, dtype={"trial_id": str})
+        if (path / TRIALS_FILE).is_file()
+        else pd.DataFrame()
+    )
     return meta, trials
 
 
