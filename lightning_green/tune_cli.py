@@ -22,7 +22,7 @@ def _print_study(out: Path) -> None:
     Console().print(
         f"[bold]{meta['strategy']['name']}[/] study: {m['trials']} trials ({m['failed']} failed), best accuracy "
         f"{m['best_accuracy']:.4f}, tuning energy {m['total_energy_j']:.1f} J "
-        f"({', '.join(sorted(set(map(str, trials['source']))))}); results in {out}"
+        f"({', '.join(sorted({str(x) for x in trials['source'].dropna()}))}); results in {out}"
     )
 
 
@@ -81,13 +81,33 @@ def compare_main(cfg: DictConfig) -> None:
         cfgs[s] = sub
     cluster = init_ray(cfg.tune)
     out = Path(cfg.output_dir)
-    write_json_atomic(out / "compare.json", to_container(c))
-    studies = {}
+    target = cfg.tune.get("target_accuracy")
+    write_json_atomic(out / "compare.json", {**to_container(c), "target_accuracy": target})
+    studies: dict = {}
+    metas: dict = {}
     for s, sub in cfgs.items():
-        studies[s] = []
+        studies[s], metas[s] = [], []
         for seed in c.seeds:
             path = run_study(sub, out / s / f"seed{seed}", seed=int(seed), cluster=cluster)
             write_pareto(path)
-            studies[s].append(read_study(path)[1])
-    for p in write_compare(studies, out, c.target_fraction, c.reference_energy_j):
+            meta, trials = read_study(path)
+            studies[s].append(trials)
+            metas[s].append(meta)
+            _print_line(s, seed, meta, trials)
+    paths = write_compare(studies, out, c.target_fraction, c.reference_energy_j, target, metas)
+    print((out / "compare.md").read_text())
+    for p in paths:
         print(p)
+
+
+def _print_line(strategy: str, seed: int, meta: dict, trials) -> None:
+    """One line per finished study: trials, best accuracy, trial and whole-study energy."""
+    from lightning_green.report.studies import study_metrics
+
+    m = study_metrics(trials)
+    whole = meta.get("study_energy_j")
+    print(
+        f"{strategy} seed {seed}: {m['trials']} trials, best accuracy {m['best_accuracy']:.4f}, trials "
+        f"{m['total_energy_j']:.1f} J" + (f", whole study {whole:.1f} J" if whole is not None else ""),
+        flush=True,
+    )

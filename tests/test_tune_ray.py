@@ -38,8 +38,13 @@ def test_compare_runs_every_strategy_and_writes_table_and_plots(tmp_path: Path):
     bash(f"lightning-green compare tune.num_samples=3 'compare.seeds=[0]' {' '.join(TINY)} hydra.run.dir={out}\n"
          f"lightning-green report {out}/multi/seed0\n", tmp_path)  # fmt: skip
     table = pd.read_csv(out / "compare.csv").set_index("strategy")
-    assert list(table.index) == ["grid", "random", "bayes", "multi"]
+    assert list(table.index) == ["grid", "random", "bayes", "multi", "efficient"]
     for s in table.index:
+        # the whole study, measured around it, covers its trials and Ray's own processes
+        meta = json.loads((out / s / "seed0" / "study.json").read_text())
+        assert meta["study_energy_j"] >= meta["energy_used_j"] > 0
+        assert 0 < meta["framework_share"] < 1 and meta["overhead_per_trial_s"] >= 0
+        assert "descendant" in meta["study_energy_covers"] or "process" in meta["study_energy_covers"]
         trials = pd.read_csv(out / s / "seed0" / "trials.csv")
         assert len(trials) == 3 and (trials["status"] == "TERMINATED").all()
         assert trials["accuracy"].between(0, 1).all() and (trials["energy_j"] > 0).all()
@@ -75,7 +80,9 @@ def test_compare_runs_every_strategy_and_writes_table_and_plots(tmp_path: Path):
                     & ((multi["accuracy"] > f["accuracy"]) | (multi["energy_j"] < f["energy_j"]))).any()  # fmt: skip
     for name in ("compare.md", "anytime.png", "accuracy_vs_energy.png"):
         assert (out / name).stat().st_size > 0
-    assert "energy_to_target_j" in (out / "compare.md").read_text()
+    text = (out / "compare.md").read_text()
+    assert "energy_to_target_j" in text and "study_energy_j" in text and "framework_share" in text
+    assert "## Differences" in text and "efficient vs grid" in text
     assert (out / "multi" / "seed0" / "summary.md").read_text().count("Pareto set") == 1
 
 
@@ -181,6 +188,23 @@ def test_asha_stops_weak_trials_and_the_energy_budget_stops_the_study(tmp_path: 
     trials = pd.read_csv(budget / "trials.csv")
     assert meta["stopped_by_energy_budget"] is True and meta["energy_used_j"] >= 2.0
     assert len(trials) < 8  # the study ended before its trial budget
+
+
+def test_efficient_strategy_stops_weak_trials_on_the_architecture_space(tmp_path: Path):
+    out = tmp_path / "eff"
+    bash(f"lightning-green tune tune/strategy=efficient tune/space=architecture tune.num_samples=6 "
+         f"tune.target_accuracy=0.5 'tune.space.params.trainer.max_epochs.high=3' {' '.join(TINY[:1])} "
+         f"trainer.limit_train_batches=6 trainer.limit_val_batches=2 trainer.limit_test_batches=2 "
+         f"hydra.run.dir={out}", tmp_path)  # fmt: skip
+    trials = pd.read_csv(out / "trials.csv")
+    meta = json.loads((out / "study.json").read_text())
+    assert len(trials) == 6 and meta["scheduler"] == "asha" and meta["target_accuracy"] == 0.5
+    searched = {c.removeprefix("param.") for c in trials.columns if c.startswith("param.")}
+    assert {"model.conv_layers", "data.batch_size", "trainer.precision", "trainer.max_epochs"} <= searched
+    # ASHA (grace period 1 epoch) ends weak trials before their own last epoch
+    stopped = trials[trials["stopped_early"]]
+    assert len(stopped) >= 1 and (stopped["epochs"] < stopped["param.trainer.max_epochs"]).all()
+    assert meta["study_energy_j"] >= meta["energy_used_j"]
 
 
 RAY_USER_SCRIPT = textwrap.dedent(

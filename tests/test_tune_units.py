@@ -150,3 +150,53 @@ def test_ranges_handed_to_optuna_exclude_their_upper_bound():
     p = Param("optimizer.beta2", "uniform", 0.8, 1.0)
     (dist,) = OptunaSearch.convert_search_space({"b": p.ray()}).values()
     assert dist.low == 0.8 and dist.high < 1.0 and dist.high == pytest.approx(1.0)
+
+
+def test_bootstrap_interval_by_hand():
+    from lightning_green.report.studies import bootstrap_ci, resolved
+
+    # two seeds, 0 and 10: resampled means are 0, 5, 10 with chances 1/4, 1/2, 1/4, so the
+    # 2.5% and 97.5% quantiles are 0 and 10
+    assert bootstrap_ci([0.0, 10.0]) == (0.0, 10.0)
+    assert bootstrap_ci([3.0, 3.0, 3.0]) == (3.0, 3.0)
+    assert bootstrap_ci([1.0]) is None and bootstrap_ci([1.0, None, float("nan")]) is None
+    lo, hi = bootstrap_ci([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert 1.0 < lo < 3.0 < hi < 5.0
+    assert resolved((0.0, 1.0), (1.5, 2.0)) and not resolved((0.0, 1.6), (1.5, 2.0))
+    assert not resolved(None, (1.0, 2.0))
+
+
+def test_compare_says_when_a_difference_is_not_resolved():
+    # a: energy to target 2 and 4 J over two seeds; b: 10 and 12 J -> intervals [2, 4] and [10, 12]
+    a = [_trials([0.96, 0.5], [2.0, 1.0]), _trials([0.5, 0.96], [2.0, 2.0])]
+    b = [_trials([0.96], [10.0]), _trials([0.5, 0.96], [6.0, 6.0])]
+    table, info = compare_table({"grid": b, "efficient": a}, target_accuracy=0.95)
+    rows = table.set_index("strategy")
+    assert info["target_accuracy"] == 0.95 and info["target_is_absolute"]
+    assert rows.loc["efficient", "energy_to_target_ci95"] == "[2, 4]"
+    line = next(d for d in info["differences"] if d.startswith("efficient vs grid, energy to target"))
+    assert "0.27x" in line and "resolved (intervals do not overlap)" in line
+    acc = next(d for d in info["differences"] if d.startswith("efficient vs grid, best accuracy"))
+    assert "not resolved" in acc
+
+
+def test_efficient_searcher_constraint_and_relative_target():
+    import optuna
+
+    from lightning_green.tune.searchers import constraint, energy_constrained_search, trial_constraints
+
+    assert constraint(0.9, 0.95) == pytest.approx(0.05) and constraint(0.97, 0.95) < 0
+    assert constraint(None, 0.5) == 1.0 and constraint(float("nan"), 0.5) == 1.0
+    search = energy_constrained_search("val_acc", "energy_j", "tpe", 0, 2, None, 0.9)
+    from ray import tune
+
+    search.set_search_properties(None, None, {"lr": tune.uniform(0.0, 1.0)})
+    for i, (acc, joules) in enumerate([(0.5, 1.0), (1.0, 5.0), (0.92, 2.0)]):
+        search.suggest(f"t{i}")
+        search.on_trial_complete(f"t{i}", {"val_acc": acc, "energy_j": joules})
+    trials = search._ot_study.trials
+    # target = 0.9 x the best accuracy so far, fixed when each trial completes
+    assert [t.user_attrs["target"] for t in trials] == pytest.approx([0.45, 0.9, 0.9])
+    assert [trial_constraints(t)[0] for t in trials] == pytest.approx([-0.05, -0.1, -0.02])
+    assert [t.values[0] for t in trials] == [1.0, 5.0, 2.0]  # the objective is energy, minimised
+    assert search._ot_study.direction == optuna.study.StudyDirection.MINIMIZE

@@ -13,6 +13,7 @@ share, not a wall-socket figure. Every reading is labelled ``estimated:cpu-time`
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
@@ -83,6 +84,63 @@ def _process_cpu_seconds(include_children: bool) -> float:
     return own + t.children_user + t.children_system + _live_children_seconds()
 
 
+class ProcessTree:
+    """CPU seconds of this process and every descendant it has seen, kept when they exit.
+
+    A live descendant's own time (user + system) is remembered at each :meth:`sample`; when it
+    exits, that last figure stays counted (its time after the last sample is lost, at most one
+    sampling interval), unless it was a direct child of this process, whose whole time the kernel
+    then adds to this process's ``children`` times. A background thread samples every
+    ``interval_s`` so that workers that come and go (Ray's) are seen.
+    """
+
+    def __init__(self, interval_s: float = 0.25) -> None:
+        self._seen: dict[tuple[str, str], tuple[float, str]] = {}  # (pid, start) -> (seconds, ppid)
+        self._lock = threading.Lock()
+        self._me = str(os.getpid())
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self.sample()
+        self._thread = threading.Thread(target=self._run, name="process-tree-cpu", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self.sample()
+
+    def sample(self) -> None:
+        live: dict[tuple[str, str], tuple[float, str]] = {}
+        todo = _proc_children("self") or []
+        while todo:
+            pid = todo.pop()
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            live[(pid, fields[19])] = ((int(fields[11]) + int(fields[12])) / _CLK_TCK, fields[1])
+            todo += _proc_children(pid) or []
+        with self._lock:
+            for key in list(self._seen):
+                if key not in live and self._seen[key][1] == self._me:
+                    del self._seen[key]  # our own child: its whole time is in os.times() now
+            self._seen.update(live)
+
+    def seconds(self) -> float:
+        self.sample()
+        t = os.times()
+        with self._lock:
+            return (
+                time.process_time()
+                + t.children_user
+                + t.children_system
+                + sum(v for v, _ in self._seen.values())
+            )
+
+    def close(self) -> None:
+        self._stop.set()
+
+
 class EstimateMeter(CounterMeter):
     """Estimated CPU energy: process CPU time x ``watts_per_core``.
 
@@ -90,6 +148,8 @@ class EstimateMeter(CounterMeter):
         watts_per_core: Power of one fully busy core, in watts (default 12 W, see module docs).
         include_children: Count child processes (data-loader workers) too. Turn it off when the
             children are measured themselves (DDP ranks started by rank 0).
+        track_descendants: Count every descendant, sampled in the background and remembered after
+            it exits (:class:`ProcessTree`): for a whole Ray study, whose workers come and go.
 
     Raises:
         ValueError: If ``watts_per_core`` is not a positive number.
@@ -97,10 +157,14 @@ class EstimateMeter(CounterMeter):
 
     name = "estimate"
 
-    def __init__(self, watts_per_core: float = DEFAULT_WATTS_PER_CORE, include_children: bool = True) -> None:
+    def __init__(
+        self, watts_per_core: float = DEFAULT_WATTS_PER_CORE, include_children: bool = True,
+        track_descendants: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.watts_per_core = check_number("watts_per_core", watts_per_core, above=0.0, unit="watts")
         self.include_children = include_children
+        self._tree = ProcessTree() if track_descendants else None
 
     @property
     def channels(self) -> tuple[Channel, ...]:
@@ -115,9 +179,21 @@ class EstimateMeter(CounterMeter):
             if self.watts_per_core == DEFAULT_WATTS_PER_CORE
             else "user-configured",
             "cpu_covers": "CPU time of this process"
-            + (" and its child processes" if self.include_children else "")
+            + (
+                " and every descendant process (sampled, kept after it exits)"
+                if self._tree
+                else " and its child processes"
+                if self.include_children
+                else ""
+            )
             + "; excludes idle power, DRAM, GPU and the rest of the machine",
         }
 
     def read_counters(self) -> dict[str, float | None]:
-        return {"cpu:process": _process_cpu_seconds(self.include_children) * self.watts_per_core}
+        seconds = self._tree.seconds() if self._tree else _process_cpu_seconds(self.include_children)
+        return {"cpu:process": seconds * self.watts_per_core}
+
+    def close(self) -> None:
+        if self._tree is not None:
+            self._tree.close()
+        super().close()

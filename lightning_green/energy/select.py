@@ -63,6 +63,7 @@ def make_meter(
     include_children: bool = True,
     sync_reads: bool = False,
     sample_interval_s: float = DEFAULT_SAMPLE_INTERVAL_S,
+    track_descendants: bool = False,
 ) -> SelectedMeter:
     """Build a meter.
 
@@ -81,6 +82,8 @@ def make_meter(
         sync_reads: Read GPU and RAPL counters at each window edge on the caller's thread instead
             of interpolating samples a background thread takes every ``sample_interval_s``.
         sample_interval_s: Period of the background counter reads.
+        track_descendants: For the estimate backend: every descendant process, remembered after it
+            exits (a whole Ray study).
 
     Raises:
         ValueError: If ``backend`` is unknown.
@@ -92,7 +95,11 @@ def make_meter(
     notes: list[str] = []
 
     def estimate() -> EstimateMeter:
-        return EstimateMeter(watts_per_core=watts_per_core, include_children=include_children)
+        return EstimateMeter(
+            watts_per_core=watts_per_core,
+            include_children=include_children,
+            track_descendants=track_descendants,
+        )
 
     sampling = None if sync_reads else sample_interval_s
 

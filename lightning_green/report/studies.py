@@ -16,6 +16,34 @@ from lightning_green.records import PARETO_FILE, STUDY_FILE, TRIALS_FILE, read_j
 from lightning_green.report.pareto import hypervolume_2d, pareto_mask
 from lightning_green.report.runs import markdown_table
 
+#: Resamples of the bootstrap intervals (percentile method, fixed seed so reports reproduce).
+BOOTSTRAP_RESAMPLES = 10_000
+
+
+def bootstrap_ci(
+    values: Any, level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the mean of ``values`` (e.g. one figure per seed);
+    ``None`` with fewer than two values (no spread to resample)."""
+    x = np.asarray(
+        [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))], dtype=float
+    )
+    if x.size < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def resolved(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool:
+    """Whether two intervals do not overlap (a difference the seeds resolve)."""
+    return a is not None and b is not None and (a[1] < b[0] or b[1] < a[0])
+
+
+def _fmt_ci(ci: tuple[float, float] | None, digits: int = 4) -> str:
+    return "-" if ci is None else f"[{ci[0]:.{digits}g}, {ci[1]:.{digits}g}]"
+
 
 def study_metrics(
     trials: pd.DataFrame,
@@ -59,12 +87,19 @@ def study_metrics(
 
 
 def compare_table(
-    studies: dict[str, list[pd.DataFrame]], target_fraction: float = 0.95, ref_energy: float | None = None
+    studies: dict[str, list[pd.DataFrame]],
+    target_fraction: float = 0.95,
+    ref_energy: float | None = None,
+    target_accuracy: float | None = None,
+    metas: dict[str, list[dict[str, Any]]] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """One row per strategy, averaged over its seeds; the target and reference are shared by all."""
+    """One row per strategy over its seeds: means with bootstrap 95% intervals; the target
+    (``target_accuracy``, else ``target_fraction`` x the best any strategy found) and the
+    hypervolume reference are shared by all. ``metas`` (each study's ``study.json``) adds the
+    whole study's energy (framework included) beside the trials'."""
     all_trials = pd.concat([t for ts in studies.values() for t in ts], ignore_index=True)
     best = float(all_trials["accuracy"].max())
-    target = target_fraction * best
+    target = float(target_accuracy) if target_accuracy is not None else target_fraction * best
     if ref_energy is None:
         ref_energy = 1.1 * float(all_trials["energy_j"].max())
     rows = []
@@ -75,62 +110,148 @@ def compare_table(
         per_seed = ", ".join(
             f"{m['energy_to_target_j']:.1f}" if m["energy_to_target_j"] is not None else "never" for m in ms
         )
-        rows.append(
-            {
-                "strategy": name,
-                "seeds": len(ms),
-                "trials_per_seed": int(np.mean([m["trials"] for m in ms])),
-                "best_accuracy": float(np.mean([m["best_accuracy"] for m in ms])),
-                "best_accuracy_sd": float(np.std([m["best_accuracy"] for m in ms])),
-                "total_energy_j": float(np.mean([m["total_energy_j"] for m in ms])),
-                "total_dynamic_energy_j": float(np.mean([m["total_dynamic_energy_j"] for m in ms])),
-                "energy_to_target_j": float(np.mean(reached)) if reached else "never",
-                "trials_to_target": float(np.mean(tt)) if tt else "never",
-                "reached_target": f"{len(reached)}/{len(ms)}",
-                "energy_to_target_per_seed_j": per_seed,
-                "hypervolume": float(np.mean([m["hypervolume"] for m in ms])),
-                "hypervolume_normalised": float(np.mean([m["hypervolume_normalised"] for m in ms])),
-                "failed_trials": int(sum(m["failed"] for m in ms)),
-            }
-        )
+        acc = [m["best_accuracy"] for m in ms]
+        hv = [m["hypervolume_normalised"] for m in ms]
+        row = {
+            "strategy": name,
+            "seeds": len(ms),
+            "trials_per_seed": int(np.mean([m["trials"] for m in ms])),
+            "best_accuracy": float(np.mean(acc)),
+            "best_accuracy_ci95": _fmt_ci(bootstrap_ci(acc)),
+            "best_accuracy_sd": float(np.std(acc)),
+            "total_energy_j": float(np.mean([m["total_energy_j"] for m in ms])),
+            "total_dynamic_energy_j": float(np.mean([m["total_dynamic_energy_j"] for m in ms])),
+            "energy_to_target_j": float(np.mean(reached)) if reached else "never",
+            "energy_to_target_ci95": _fmt_ci(bootstrap_ci(reached)),
+            "trials_to_target": float(np.mean(tt)) if tt else "never",
+            "trials_to_target_ci95": _fmt_ci(bootstrap_ci(tt), 3),
+            "reached_target": f"{len(reached)}/{len(ms)}",
+            "energy_to_target_per_seed_j": per_seed,
+            "hypervolume": float(np.mean([m["hypervolume"] for m in ms])),
+            "hypervolume_normalised": float(np.mean(hv)),
+            "hypervolume_ci95": _fmt_ci(bootstrap_ci(hv)),
+            "failed_trials": int(sum(m["failed"] for m in ms)),
+        }
+        studies_meta = (metas or {}).get(name) or []
+        whole = [m.get("study_energy_j") for m in studies_meta if m.get("study_energy_j") is not None]
+        if whole:
+            row["study_energy_j"] = float(np.mean(whole))
+            shares = [m["framework_share"] for m in studies_meta if m.get("framework_share") is not None]
+            row["framework_share"] = float(np.mean(shares)) if shares else math.nan
+            over = [
+                m["overhead_per_trial_s"] for m in studies_meta if m.get("overhead_per_trial_s") is not None
+            ]
+            row["overhead_per_trial_s"] = float(np.mean(over)) if over else math.nan
+        row["_ci"] = {
+            "energy_to_target_j": bootstrap_ci(reached), "best_accuracy": bootstrap_ci(acc),
+            "hypervolume_normalised": bootstrap_ci(hv), "all_reached": len(reached) == len(ms),
+        }  # fmt: skip
+        rows.append(row)
     info = {"best_accuracy_any": best, "target_accuracy": target, "target_fraction": target_fraction,
-            "reference_point": {"accuracy": 0.0, "energy_j": ref_energy}}  # fmt: skip
+            "target_is_absolute": target_accuracy is not None,
+            "reference_point": {"accuracy": 0.0, "energy_j": ref_energy},
+            "differences": differences(rows)}  # fmt: skip
+    for r in rows:
+        r.pop("_ci")
     return pd.DataFrame(rows), info
+
+
+def differences(rows: list[dict[str, Any]], reference: str = "grid") -> list[str]:
+    """One sentence per strategy and metric against ``reference`` (or the first strategy): the
+    means, their intervals, the ratio, and whether the seeds resolve the difference."""
+    by = {r["strategy"]: r for r in rows}
+    ref = by.get(reference) or (rows[0] if rows else None)
+    if ref is None:
+        return []
+    out = []
+    for r in rows:
+        if r is ref:
+            continue
+        for key, what, unit in (("energy_to_target_j", "energy to target", " J"), ("best_accuracy", "best accuracy", ""),
+                                ("hypervolume_normalised", "hypervolume", "")):  # fmt: skip
+            a, b = r[key], ref[key]
+            if not isinstance(a, float) or not isinstance(b, float):
+                out.append(
+                    f"{r['strategy']} vs {ref['strategy']}, {what}: not comparable (a strategy never reached the target)"
+                )
+                continue
+            ca, cb = r["_ci"][key], ref["_ci"][key]
+            verdict = (
+                "resolved (intervals do not overlap)"
+                if resolved(ca, cb)
+                else "not resolved (intervals overlap)"
+            )
+            if ca is None or cb is None:
+                verdict = "not resolved (fewer than two seeds with a figure)"
+            elif key == "energy_to_target_j" and not (r["_ci"]["all_reached"] and ref["_ci"]["all_reached"]):
+                verdict += "; only over the seeds that reached the target"
+            ratio = f", {a / b:.2f}x" if b else ""
+            out.append(
+                f"{r['strategy']} vs {ref['strategy']}, {what}: {a:.4g}{unit} {_fmt_ci(ca)} vs {b:.4g}{unit} "
+                f"{_fmt_ci(cb)}{ratio}: {verdict}"
+            )
+    return out
+
+
+def _best_so_far(t: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    t = t.sort_values("order") if "order" in t else t
+    best = t["accuracy"].astype(float).fillna(-np.inf).cummax().replace(-np.inf, np.nan).to_numpy()
+    return best, trial_energy_j(t).cumsum().to_numpy()
+
+
+def _band(
+    curves: list[np.ndarray], level: float = 0.95, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over seeds per trial index and its bootstrap interval (columns: trial index)."""
+    n = min(len(c) for c in curves)
+    m = np.array([c[:n] for c in curves], dtype=float)
+    mean = np.nanmean(m, axis=0)
+    if len(curves) < 2:
+        return mean, mean, mean
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(curves), size=(2000, len(curves)))
+    means = np.nanmean(m[idx], axis=1)
+    lo, hi = np.nanquantile(means, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return mean, lo, hi
 
 
 def anytime_plot(
     studies: dict[str, list[pd.DataFrame]], out: Path, target: float | None = None
 ) -> list[Path]:
-    """Best-so-far accuracy against trials and against cumulative joules, per strategy."""
+    """Best-so-far accuracy (steps) against trials, with the mean over seeds and its bootstrap 95%
+    band, and against cumulative joules (each seed's steps), per strategy."""
     plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     colors = dict(zip(studies, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
-    for name, ts in studies.items():
+    styles = ["-", "--", "-.", ":"]
+    for i, (name, ts) in enumerate(studies.items()):
         curves = []
         for k, t in enumerate(ts):
-            t = t.sort_values("order") if "order" in t else t
-            best = t["accuracy"].astype(float).fillna(-np.inf).cummax().replace(-np.inf, np.nan)
-            joules = trial_energy_j(t).cumsum()
-            x = np.arange(1, len(t) + 1)
-            a.plot(x, best, color=colors[name], alpha=0.35, lw=1)
-            b.plot(joules, best, color=colors[name], alpha=0.6, lw=1.2, label=name if k == 0 else None)
-            curves.append(best.to_numpy())
-        n = min(len(c) for c in curves)
-        a.plot(
-            np.arange(1, n + 1),
-            np.nanmean([c[:n] for c in curves], axis=0),
+            best, joules = _best_so_far(t)
+            b.step(joules, best, where="post", color=colors[name], alpha=0.7, lw=1.2,
+                   ls=styles[i % len(styles)], label=name if k == 0 else None)  # fmt: skip
+            curves.append(best)
+        mean, lo, hi = _band(curves)
+        x = np.arange(1, len(mean) + 1)
+        a.step(
+            x,
+            mean,
+            where="post",
             color=colors[name],
-            lw=2.2,
-            label=name,
+            lw=2,
+            ls=styles[i % len(styles)],
+            label=f"{name} (mean)",
         )
+        if len(curves) > 1:
+            a.fill_between(x, lo, hi, step="post", color=colors[name], alpha=0.15)
     for ax in (a, b):
         if target is not None:
             ax.axhline(target, ls="--", c="k", lw=0.8, label="target")
         ax.set_ylabel("best accuracy so far")
     a.set_xlabel("trials")
     b.set_xlabel("cumulative tuning energy (J)")
-    a.set_title("Anytime accuracy vs trials (thick: mean of seeds)")
-    b.set_title("Anytime accuracy vs energy")
+    a.set_title("Anytime accuracy vs trials (mean of seeds, 95% band)", fontsize=9)
+    b.set_title("Anytime accuracy vs energy (each seed)", fontsize=9)
     a.legend(fontsize=8)
     b.legend(fontsize=8)
     fig.tight_layout()
@@ -165,25 +286,46 @@ def pareto_plot(studies: dict[str, list[pd.DataFrame]], out: Path) -> list[Path]
 
 
 def write_compare(
-    studies: dict[str, list[pd.DataFrame]], out: Path, target_fraction: float, ref_energy: float | None
+    studies: dict[str, list[pd.DataFrame]],
+    out: Path,
+    target_fraction: float,
+    ref_energy: float | None,
+    target_accuracy: float | None = None,
+    metas: dict[str, list[dict[str, Any]]] | None = None,
 ) -> list[Path]:
-    table, info = compare_table(studies, target_fraction, ref_energy)
+    table, info = compare_table(studies, target_fraction, ref_energy, target_accuracy, metas)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "compare.csv", out / "compare.md"]
     table.to_csv(paths[0], index=False)
-    sources = sorted({str(s) for ts in studies.values() for t in ts for s in t.get("source", [])})
+    sources = sorted(
+        {str(s) for ts in studies.values() for t in ts for s in t.get("source", pd.Series()).dropna()}
+    )
+    how = (
+        "set by tune.target_accuracy"
+        if info["target_is_absolute"]
+        else f"{info['target_fraction']:.0%} of the best any strategy found, {info['best_accuracy_any']:.4f}"
+    )
     text = [
         "# Search strategies compared",
         "",
-        f"Target accuracy: {info['target_accuracy']:.4f} ({info['target_fraction']:.0%} of the best any strategy found, "
-        f"{info['best_accuracy_any']:.4f}). Hypervolume reference point: accuracy {info['reference_point']['accuracy']}, "
-        f"energy {info['reference_point']['energy_j']:.1f} J. Energy source: {'; '.join(sources)}.",
+        f"Target accuracy: {info['target_accuracy']:.4f} ({how}). Hypervolume reference point: accuracy "
+        f"{info['reference_point']['accuracy']}, energy {info['reference_point']['energy_j']:.1f} J. Energy source: "
+        f"{'; '.join(sources)}.",
         "",
         markdown_table(table),
         "",
+        "## Differences (means over seeds, bootstrap 95% intervals of the mean)",
+        "",
+        *[f"- {d}" for d in info["differences"]],
+        "",
         "`energy_to_target_j`: tuning energy spent, in trial order, until the first trial at or above the target "
-        "(mean over the seeds that reached it; `energy_to_target_per_seed_j` lists every seed, `never` where it did not). `hypervolume`: area of (accuracy, energy) space dominated by the "
-        "trials, up to the reference point (normalised: divided by 1 x the reference energy).",
+        "(mean over the seeds that reached it; `energy_to_target_per_seed_j` lists every seed, `never` where it did not). "
+        "`hypervolume`: area of (accuracy, energy) space dominated by the trials, up to the reference point "
+        "(normalised: divided by 1 x the reference energy). `_ci95`: percentile bootstrap interval of the mean over "
+        f"seeds ({BOOTSTRAP_RESAMPLES} resamples); a difference is resolved when the intervals do not overlap. "
+        "`total_energy_j`: the trials' energy; `study_energy_j`: the whole study measured around it (driver, Ray's "
+        "processes, idle workers, trial start-up), `framework_share` the part outside the trials, "
+        "`overhead_per_trial_s` the wall seconds per trial slot spent outside training.",
     ]
     paths[1].write_text("\n".join(text) + "\n")
     paths += anytime_plot(studies, out, info["target_accuracy"])
@@ -195,14 +337,18 @@ def report_compare(path: Path, out: Path | None = None) -> list[Path]:
     path = Path(path)
     settings = read_json(path / "compare.json")
     studies: dict[str, list[pd.DataFrame]] = {}
+    metas: dict[str, list[dict[str, Any]]] = {}
     for strategy in settings["strategies"]:
         for seed in settings["seeds"]:
             d = path / strategy / f"seed{seed}"
             if (d / STUDY_FILE).is_file():
-                studies.setdefault(strategy, []).append(read_study(d)[1])
+                meta, trials = read_study(d)
+                studies.setdefault(strategy, []).append(trials)
+                metas.setdefault(strategy, []).append(meta)
     return write_compare(
-        studies, Path(out) if out else path, settings["target_fraction"], settings["reference_energy_j"]
-    )
+        studies, Path(out) if out else path, settings["target_fraction"], settings["reference_energy_j"],
+        settings.get("target_accuracy"), metas,
+    )  # fmt: skip
 
 
 def pareto_table(trials: pd.DataFrame) -> pd.DataFrame:

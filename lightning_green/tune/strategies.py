@@ -1,4 +1,5 @@
-"""Search algorithms for each strategy: grid, random, bayes (accuracy only), multi (accuracy and energy)."""
+"""Search algorithms for each strategy: grid, random, bayes (accuracy only), multi (accuracy and
+energy), efficient (least energy that reaches a target accuracy, with weak trials stopped early)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from lightning_green.config import ConfigError
 from lightning_green.tune.space import Param, grid_points, nested
 from lightning_green.tune.trainable import REPORTED_METRICS
 
-STRATEGIES = ("grid", "random", "bayes", "multi")
-SAMPLERS = {"bayes": ("gp", "tpe"), "multi": ("tpe", "gp", "nsga2")}
+STRATEGIES = ("grid", "random", "bayes", "multi", "efficient")
+SAMPLERS = {"bayes": ("gp", "tpe"), "multi": ("tpe", "gp", "nsga2"), "efficient": ("tpe", "gp")}
 
 
 def check_strategy(strategy: DictConfig, tune_cfg: DictConfig) -> None:
@@ -34,6 +35,12 @@ def check_strategy(strategy: DictConfig, tune_cfg: DictConfig) -> None:
         v = tune_cfg[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ConfigError(f"tune.{key} must be an integer >= {lo}; got {v!r}")
+    if name == "efficient":
+        for key, lo in (("grace_period", 1), ("reduction_factor", 2)):
+            v = strategy.get(key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(f"tune.strategy.{key} must be an integer >= {lo}; got {v!r}")
+    check_target(tune_cfg)
     if tune_cfg.scheduler not in ("fifo", "asha"):
         raise ConfigError(f"tune.scheduler must be one of fifo, asha; got {tune_cfg.scheduler!r}")
     b = tune_cfg.energy_budget_j
@@ -42,6 +49,18 @@ def check_strategy(strategy: DictConfig, tune_cfg: DictConfig) -> None:
             check_number("tune.energy_budget_j", b, above=0.0, unit="joules, or null")
         except ValueError as err:
             raise ConfigError(str(err)) from None
+
+
+def check_target(tune_cfg: DictConfig) -> None:
+    """``tune.target_accuracy`` (null or a number in (0, 1]) and ``tune.target_fraction`` (in (0, 1])."""
+    for key, allow_null in (("target_accuracy", True), ("target_fraction", False)):
+        v = tune_cfg.get(key)
+        if v is None and allow_null:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+            raise ConfigError(
+                f"tune.{key} must be a number in (0, 1]{' or null' if allow_null else ''}; got {v!r}"
+            )
 
 
 def search_setup(
@@ -66,6 +85,20 @@ def search_setup(
     from ray.tune.search.optuna import OptunaSearch
 
     startup = int(strategy.get("n_startup_trials", 5))
+    if strategy.name == "efficient":
+        from lightning_green.tune.searchers import energy_constrained_search
+
+        search = energy_constrained_search(
+            acc,
+            energy,
+            strategy.sampler,
+            seed,
+            startup,
+            tune_cfg.get("target_accuracy"),
+            tune_cfg.target_fraction,
+        )
+        # Tune's own metric/mode stay unset: ASHA ranks by accuracy (run_study), the searcher by energy
+        return ConcurrencyLimiter(search, max_concurrent=tune_cfg.max_concurrent), space, {"num_samples": n}
     if strategy.sampler == "gp":
         sampler = optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     elif strategy.sampler == "tpe":

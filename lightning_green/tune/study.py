@@ -161,7 +161,9 @@ def run_study(
         "seed": seed,
         "accuracy_metric": t.accuracy_metric,
         "energy_metric": t.energy_metric,
-        "scheduler": t.scheduler,
+        "scheduler": "asha" if t.strategy.name == "efficient" else t.scheduler,
+        "target_accuracy": t.get("target_accuracy"),
+        "target_fraction": t.get("target_fraction"),
         "energy_budget_j": t.energy_budget_j,
         "cluster": cluster,
         "max_epochs": cfg.trainer.max_epochs,
@@ -179,13 +181,18 @@ def run_study(
     else:
         alg, space, kw = search_setup(t.strategy, params, t, seed)
         scheduler = None
-        if t.scheduler == "asha":
+        if t.scheduler == "asha" or t.strategy.name == "efficient":
             from ray.tune.schedulers import ASHAScheduler
 
-            # With a single metric ASHA takes Tune's; multi-objective studies rank trials by accuracy.
+            # With a single metric ASHA takes Tune's; multi-objective and efficient studies rank
+            # trials by accuracy. One iteration per epoch, plus the final report.
             ranking = {} if "metric" in kw else {"metric": t.accuracy_metric, "mode": "max"}
             scheduler = ASHAScheduler(
-                time_attr="training_iteration", max_t=cfg.trainer.max_epochs + 1, grace_period=1, **ranking
+                time_attr="training_iteration",
+                max_t=max_epochs(cfg, params) + 1,
+                grace_period=int(t.strategy.get("grace_period", 1)),
+                reduction_factor=int(t.strategy.get("reduction_factor", 4)),
+                **ranking,
             )
         stop = energy_budget_stopper(t.energy_budget_j, t.energy_metric) if t.energy_budget_j else None
         tuner = tune.Tuner(
@@ -206,13 +213,26 @@ def run_study(
             ),
         )
     write_json_atomic(out / STUDY_FILE, meta)
-    grid = tuner.fit()
+    meter = study_meter(cfg)
+    t0 = time.monotonic()
+    meter.begin_window("study")
+    try:
+        grid = tuner.fit()
+    finally:
+        wall_s = time.monotonic() - t0
+        try:
+            reading = meter.end_window("study", settle=True)
+        except Exception:  # a measurement failure never loses the study's results
+            meter.discard_window("study")
+            reading = None
+        meter.close()
     df = trials_table(grid, t.accuracy_metric, t.energy_metric)
     meta["finished"] = time.time()
+    meta["wall_s"] = wall_s
     meta["trials"] = len(df)
     meta["failed"] = int((df["status"] == "ERROR").sum()) if not df.empty else 0
     if not df.empty:
-        add_savings(df, cfg.trainer.max_epochs)
+        add_savings(df, max_epochs(cfg, params))
         meta["stopped_early"] = int(df["stopped_early"].sum())
         meta["energy_saved_estimate_j"] = float(df["energy_saved_estimate_j"].sum())
         add_attempts(df, experiment, out / ATTEMPTS_DIR)
@@ -226,9 +246,58 @@ def run_study(
         meta["stopped_by_energy_budget"] = bool(
             t.energy_budget_j and meta["energy_used_j"] >= t.energy_budget_j
         )
+        df["train_s"] = [_trained_seconds(p) for p in df["path"]]
+        # A trial a scheduler stopped never sent its final report: its source is in its records
+        missing = df["source"].isna() | (df["source"].astype(str) == "")
+        df.loc[missing, "source"] = [_records_source(p) for p in df.loc[missing, "path"]]
+        slots = max(
+            1, min(t.max_concurrent, len(df), int(cluster.get("cpus") or 1) // max(1, t.cpus_per_trial))
+        )
+        meta["overhead_per_trial_s"] = max(0.0, (wall_s * slots - float(df["train_s"].sum())) / len(df))
+    if reading is not None:
+        meta["study_energy_j"] = reading.joules
+        meta["study_energy_complete"] = reading.complete
+        meta["study_energy_source"] = "+".join(sorted(set(reading.sources.values())))
+        meta["study_energy_covers"] = (
+            "the node's counters over the study's span"
+            if "measured" in meta["study_energy_source"]
+            else "CPU time of this driver and every process it started on this node (Ray's GCS, raylet, "
+            "workers, idle or exited), over the study's span"
+        ) + ("; a remote cluster's other nodes are not included" if t.ray_address else "")
+        if meta.get("energy_used_j") is not None and reading.joules > 0:
+            meta["framework_energy_j"] = reading.joules - meta["energy_used_j"]
+            meta["framework_share"] = meta["framework_energy_j"] / reading.joules
     df.to_csv(out / TRIALS_FILE, index=False)
     write_json_atomic(out / STUDY_FILE, meta)
     return out
+
+
+def study_meter(cfg: DictConfig) -> Any:
+    """The meter around a whole study, with the runs' energy settings: node counters (RAPL, every
+    visible GPU) where they exist, else the CPU-time estimate of this process tree."""
+    from lightning_green.energy import make_meter
+
+    e = cfg.energy
+    return make_meter(
+        e.get("backend", "auto"), gpu_indices=None, measure_node=True, rapl_root=e.get("rapl_root"),
+        watts_per_core=e.get("watts_per_core"), include_children=True, track_descendants=True,
+    )  # fmt: skip
+
+
+def _records_source(path: Any) -> str:
+    """``domain=source`` of a trial's energy records (as the final report says it)."""
+    folder = Path(str(path))
+    windows = read_windows(folder) if (folder / RECORDS_FILE).is_file() else []
+    sources = {d: src for w in windows for d, src in w.sources.items()}
+    return ", ".join(f"{d}={src}" for d, src in sorted(sources.items()))
+
+
+def _trained_seconds(path: Any) -> float:
+    """Seconds a trial spent in EnergyMonitor's windows (training, validation, test)."""
+    folder = Path(str(path))
+    if not (folder / RECORDS_FILE).is_file():
+        return 0.0
+    return float(sum(w.seconds for w in read_windows(folder)))
 
 
 def trials_table(grid: Any, acc: str, energy: str) -> pd.DataFrame:
@@ -264,16 +333,28 @@ def trials_table(grid: Any, acc: str, energy: str) -> pd.DataFrame:
     return df.sort_values("order").reset_index(drop=True)
 
 
+def max_epochs(cfg: DictConfig, params: list) -> int:
+    """The most epochs a trial can train: the searched range's top when ``trainer.max_epochs`` is searched."""
+    searched = next((p for p in params if p.key == "trainer.max_epochs"), None)
+    if searched is not None:
+        return int(searched.high) if searched.type == "int" else int(max(searched.values))
+    return int(cfg.trainer.max_epochs)
+
+
 def add_savings(df: pd.DataFrame, max_epochs: int) -> None:
     """Mark trials a scheduler or stopper ended before their last epoch, and estimate the energy
-    that saved: their mean energy per epoch so far x the epochs they did not run (an estimate)."""
+    that saved: their mean energy per epoch so far x the epochs they did not run (an estimate).
+    A trial's own ``param.trainer.max_epochs``, when searched, is its last epoch."""
     ok = df["status"] == "TERMINATED"
     epochs = df["epochs"].astype(float)
-    df["stopped_early"] = ok & ~df["finished"].astype(bool) & (epochs < max_epochs)
-    per_epoch = df["energy_j"].astype(float) / epochs.where(epochs > 0)
-    df["energy_saved_estimate_j"] = (
-        (per_epoch * (max_epochs - epochs)).where(df["stopped_early"], 0.0).fillna(0.0)
+    last = (
+        df["param.trainer.max_epochs"].astype(float)
+        if "param.trainer.max_epochs" in df
+        else float(max_epochs)
     )
+    df["stopped_early"] = ok & ~df["finished"].astype(bool) & (epochs < last)
+    per_epoch = df["energy_j"].astype(float) / epochs.where(epochs > 0)
+    df["energy_saved_estimate_j"] = (per_epoch * (last - epochs)).where(df["stopped_early"], 0.0).fillna(0.0)
 
 
 def keep_attempts(experiment: Path, dest: Path) -> None:
