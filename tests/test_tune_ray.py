@@ -91,6 +91,7 @@ def test_two_node_loopback_cluster(tmp_path: Path):
     port = 26379 + os.getpid() % 1000
     bash(f"""
         trap 'ray stop --force >/dev/null 2>&1 || true' EXIT
+        export RAY_AUTH_MODE=token  # Ray >= 2.59 authenticates local clusters; every node and the driver share the token
         ray start --head --port={port} --num-cpus=1 --include-dashboard=false --disable-usage-stats >/dev/null
         ray start --address=127.0.0.1:{port} --num-cpus=1 --disable-usage-stats >/dev/null
         python -c "import ray, time; ray.init(address='127.0.0.1:{port}'); [time.sleep(0.2) for _ in range(100) if ray.cluster_resources().get('CPU', 0) < 2]"

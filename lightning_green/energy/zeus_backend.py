@@ -16,6 +16,11 @@ def _zeus_monitor_cls() -> Any:
     try:
         # zeus imports amdsmi, which raises KeyError (not ImportError) without ROCm.
         from zeus.monitor import ZeusMonitor
+    except ModuleNotFoundError as err:
+        raise MeterUnavailableError(
+            "backend=zeus needs Zeus: install lightning-green[zeus] (or use backend=auto / nvml / rapl, "
+            "which read the same counters without it)"
+        ) from err
     except Exception as err:
         raise MeterUnavailableError(f"zeus is not importable: {err!r}") from err
     return ZeusMonitor
