@@ -200,3 +200,48 @@ def test_efficient_searcher_constraint_and_relative_target():
     assert [trial_constraints(t)[0] for t in trials] == pytest.approx([-0.05, -0.1, -0.02])
     assert [t.values[0] for t in trials] == [1.0, 5.0, 2.0]  # the objective is energy, minimised
     assert search._ot_study.direction == optuna.study.StudyDirection.MINIMIZE
+
+
+def test_cost_aware_maths():
+    import numpy as np
+
+    from lightning_green.tune.cost_aware import (
+        features,
+        fit_cost_model,
+        pick,
+        predict_log_cost,
+        success_chance,
+    )
+
+    params = [Param("optimizer.lr", "loguniform", 1e-4, 1e-1), Param("data.batch_size", "choice", values=(16, 64)),
+              Param("trainer.max_epochs", "int", 1, 6)]  # fmt: skip
+    f = features(params, {"optimizer.lr": 1e-2, "data.batch_size": 64, "trainer.max_epochs": 3})
+    # the last one: log(epochs / batch size), the optimizer steps up to the dataset's size
+    assert f.tolist() == pytest.approx([math.log(1e-2), 0.0, 1.0, 3.0, math.log(3 / 64)])
+    # the cost model recovers a known log-linear law: log c = 2 + 0.5 x1 - 1 x2
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 2))
+    model = fit_cost_model(x, 2 + 0.5 * x[:, 0] - x[:, 1], ridge=1e-9)
+    assert predict_log_cost(model, np.array([[1.0, 2.0]]))[0] == pytest.approx(2 + 0.5 - 2, abs=1e-6)
+    # chance of success: near two trials at 0.95, far from one at 0.1 -> likely; near the 0.1 -> not
+    seen, acc = np.array([[0.0], [0.0], [10.0]]), np.array([0.95, 0.95, 0.1])
+    p = success_chance(seen, acc, np.array([[0.0], [10.0]]), target=0.9)
+    assert p[0] > 2 * p[1] and p[1] < 0.3
+    assert success_chance(np.zeros((0, 1)), np.zeros(0), np.array([[0.0]]), 0.9).tolist() == [0.5]
+    # Smith's rule: 0.5 chance for 1 J beats 0.9 chance for 3 J
+    assert pick(np.array([0.9, 0.5]), np.array([3.0, 1.0])) == 1
+
+
+def test_cost_aware_searcher_prefers_cheap_likely_configurations():
+    from lightning_green.tune.cost_aware import CostAwareSearch
+
+    params = [Param("model.width", "int", 1, 100)]
+    s = CostAwareSearch(params, "val_acc", "energy_j", 0.9, 0.95, default_epochs=1, startup=4, seed=0)
+    # width w costs w joules; every width reaches the target: the cheapest region should win
+    for i, w in enumerate([5, 30, 60, 95]):
+        s.live[f"t{i}"] = {"model.width": w}
+        s.on_trial_complete(f"t{i}", {"val_acc": 0.95, "energy_j": float(w), "epochs": 1})
+    picks = [s.propose()["model.width"] for _ in range(20)]
+    assert sum(w <= 20 for w in picks) >= 15, picks
+    assert s.target() == pytest.approx(0.95)  # reached: now look for improvements over the best
+    assert s.suggest("t9") == {"model": {"width": s.live["t9"]["model.width"]}}

@@ -13,7 +13,7 @@ from lightning_green.tune.space import Param, grid_points, nested
 from lightning_green.tune.trainable import REPORTED_METRICS
 
 STRATEGIES = ("grid", "random", "bayes", "multi", "efficient")
-SAMPLERS = {"bayes": ("gp", "tpe"), "multi": ("tpe", "gp", "nsga2"), "efficient": ("tpe", "gp")}
+SAMPLERS = {"bayes": ("gp", "tpe"), "multi": ("tpe", "gp", "nsga2"), "efficient": ("cost", "tpe", "gp")}
 
 
 def check_strategy(strategy: DictConfig, tune_cfg: DictConfig) -> None:
@@ -85,6 +85,15 @@ def search_setup(
     from ray.tune.search.optuna import OptunaSearch
 
     startup = int(strategy.get("n_startup_trials", 5))
+    if strategy.name == "efficient" and strategy.sampler == "cost":
+        from lightning_green.tune.cost_aware import CostAwareSearch
+
+        # Epochs scale the cost only when searched (trainer.max_epochs); otherwise all trials share them.
+        search = CostAwareSearch(
+            params, acc, energy, tune_cfg.get("target_accuracy"), tune_cfg.target_fraction, default_epochs=1,
+            startup=int(strategy.get("n_startup_trials", 3)), seed=seed,
+        )  # fmt: skip
+        return ConcurrencyLimiter(search, max_concurrent=tune_cfg.max_concurrent), space, {"num_samples": n}
     if strategy.name == "efficient":
         from lightning_green.tune.searchers import energy_constrained_search
 

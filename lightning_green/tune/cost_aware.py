@@ -1,0 +1,218 @@
+"""A cost-aware searcher: the next trial is the one most likely to reach the target per joule.
+
+To reach a target accuracy with the least energy, trials should be tried in decreasing order of
+``p / c``: the chance ``p`` that a configuration reaches the target over the energy ``c`` it will
+cost (for independent trials this order minimises the expected energy spent until the first
+success; W. E. Smith, "Various optimizers for single-stage production", 1956). Both are learnt
+from the trials so far:
+
+- ``c``: a ridge regression of log(energy per epoch) on the configuration's features (numbers,
+  log-scaled where the space is log-uniform, one-hot choices, and log(epochs / batch size), the
+  optimizer steps up to the dataset's size, when either is searched), fitted on the measured energy of
+  every trial, times the epochs the configuration will train; until ``startup`` trials have
+  finished, only the epochs are known to cost, so start-up trials are random among the
+  configurations with the fewest epochs.
+- ``p``: a kernel regression of the trials' accuracies (Gaussian kernel on standardised
+  features), shrunk towards their overall mean and spread, read as a normal predictive
+  distribution: the chance that the configuration's accuracy reaches the target. Where few
+  trials are near, the spread is wide and the chance moderate, so unexplored regions stay in play;
+  a new batch of random candidates each time keeps the choice varied.
+
+Once a trial reaches the target, the target becomes the best accuracy so far: the search goes on
+looking for improvements, still cheapest-chance-first. A trial stopped early by a scheduler counts
+with the accuracy it had when stopped, and its energy per epoch still informs the cost model.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from typing import Any
+
+import numpy as np
+
+from lightning_green.tune.space import Param, nested
+
+try:  # the searcher is a Ray Searcher; the maths below needs only numpy
+    from ray.tune.search import Searcher
+except ImportError:  # pragma: no cover
+    Searcher = object  # type: ignore[assignment,misc]
+
+
+#: Keys whose ratio is the number of optimizer steps (up to the dataset's size), which accuracy
+#: and energy both follow closely: added as a feature when the space searches either.
+EPOCHS_KEY, BATCH_KEY = "trainer.max_epochs", "data.batch_size"
+
+
+def features(params: list[Param], config: dict[str, Any]) -> np.ndarray:
+    """A configuration (flat, dotted keys) as numbers: log for log-uniform, one-hot for choices,
+    plus log(epochs / batch size) when the space searches epochs or the batch size."""
+    out: list[float] = []
+    keys = {p.key for p in params}
+    if EPOCHS_KEY in keys or BATCH_KEY in keys:
+        steps = [math.log(float(config.get(EPOCHS_KEY, 1)) / float(config.get(BATCH_KEY, 1)))]
+    else:
+        steps = []
+    for p in params:
+        v = config[p.key]
+        if p.type == "choice":
+            out += [1.0 if v == c else 0.0 for c in p.values]
+        elif p.type == "loguniform":
+            out.append(math.log(float(v)))
+        else:
+            out.append(float(v))
+    return np.asarray(out + steps, dtype=float)
+
+
+def fit_cost_model(
+    x: np.ndarray, log_cost: np.ndarray, ridge: float = 1e-2
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ridge regression of ``log_cost`` on standardised ``x``; returns (mean, scale, weights with intercept last)."""
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale == 0] = 1.0
+    z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
+    penalty = ridge * np.eye(z.shape[1])
+    penalty[-1, -1] = 0.0  # the intercept is not shrunk
+    w = np.linalg.solve(z.T @ z + penalty, z.T @ log_cost)
+    return mean, scale, w
+
+
+def predict_log_cost(model: tuple[np.ndarray, np.ndarray, np.ndarray], x: np.ndarray) -> np.ndarray:
+    mean, scale, w = model
+    z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
+    return z @ w
+
+
+def success_chance(
+    x_seen: np.ndarray, acc: np.ndarray, x_new: np.ndarray, target: float, prior_weight: float = 1.0
+) -> np.ndarray:
+    """Chance that each new point's accuracy reaches ``target``: a kernel regression of the seen
+    accuracies (Gaussian kernel on features standardised by the seen trials' spread, bandwidth
+    0.75 x sqrt(dimensions)), shrunk towards their overall mean and variance with ``prior_weight``
+    pseudo-trials, read through a normal predictive distribution: 1 - Phi((target - mu) / sigma)."""
+    if len(x_seen) == 0:
+        return np.full(len(x_new), 0.5)
+    scale = x_seen.std(axis=0)
+    scale[scale == 0] = 1.0
+    bandwidth = 0.75 * math.sqrt(x_seen.shape[1])
+    d2 = (((x_new[:, None, :] - x_seen[None, :, :]) / scale) ** 2).sum(axis=2)
+    w = np.exp(-0.5 * d2 / bandwidth**2)
+    m0, v0 = float(acc.mean()), float(acc.var()) + 1e-4
+    n = w.sum(axis=1) + prior_weight
+    mu = (w @ acc + prior_weight * m0) / n
+    var = ((w * (acc[None, :] - mu[:, None]) ** 2).sum(axis=1) + prior_weight * v0) / n
+    sigma = np.sqrt(var * (1.0 + 1.0 / n))
+    z = (target - mu) / sigma
+    return 0.5 * np.array([math.erfc(v / math.sqrt(2.0)) for v in z])
+
+
+def pick(p: np.ndarray, cost: np.ndarray) -> int:
+    """The candidate with the highest chance of success per unit of cost (Smith's rule)."""
+    return int(np.argmax(p / np.maximum(cost, 1e-12)))
+
+
+class CostAwareSearch(Searcher):
+    """Ray Tune searcher choosing, among ``candidates`` random configurations, the one with the
+    highest chance of reaching the target accuracy per predicted joule.
+
+    Args:
+        params: The search space.
+        accuracy_metric, energy_metric: Result keys (accuracy maximised; energy in joules so far).
+        target_accuracy: The accuracy to reach; ``None``: ``target_fraction`` x the best so far.
+        epochs_key / default_epochs: Where a configuration's epochs come from (a searched
+            ``trainer.max_epochs``), else the fixed number.
+        startup: Trials chosen at random before the models are used.
+        candidates: Random configurations scored per suggestion.
+        seed: Random seed.
+    """
+
+    def __init__(
+        self, params: list[Param], accuracy_metric: str, energy_metric: str, target_accuracy: float | None,
+        target_fraction: float, default_epochs: int, startup: int = 3, candidates: int = 512, seed: int = 0,
+    ) -> None:  # fmt: skip
+        super().__init__(metric=accuracy_metric, mode="max")
+        self.params, self.accuracy_metric, self.energy_metric = params, accuracy_metric, energy_metric
+        self.target_accuracy, self.target_fraction = target_accuracy, target_fraction
+        self.default_epochs, self.startup, self.candidates = default_epochs, startup, candidates
+        self.rng = np.random.default_rng(seed)
+        self.live: dict[str, dict[str, Any]] = {}
+        self.done: list[
+            tuple[dict[str, Any], float | None, float | None, float]
+        ] = []  # config, acc, J, epochs
+        self.best = 0.0
+
+    # ------------------------------------------------------------------ Ray's Searcher API
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True  # the space is ours; Tune's param_space describes the same parameters
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config = self.propose()
+        self.live[trial_id] = config
+        return nested(config)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        config = self.live.pop(trial_id, None)
+        if config is None:
+            return
+        r = result or {}
+        acc, joules = r.get(self.accuracy_metric), r.get(self.energy_metric)
+        epochs = r.get("epochs") or r.get("training_iteration") or self.epochs(config)
+        acc = None if acc is None or acc != acc else float(acc)
+        self.done.append((config, acc, None if joules is None else float(joules), float(epochs)))
+        if acc is not None:
+            self.best = max(self.best, acc)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+    # ------------------------------------------------------------------ the choice
+    def target(self) -> float:
+        """``target_accuracy`` until a trial reaches it, then the best accuracy so far (look for
+        improvements); without one, ``target_fraction`` x the best so far."""
+        if self.target_accuracy is None:
+            return self.target_fraction * self.best
+        return max(float(self.target_accuracy), self.best)
+
+    def epochs(self, config: dict[str, Any]) -> float:
+        return float(config.get(EPOCHS_KEY, self.default_epochs))
+
+    def sample(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for p in self.params:
+            if p.type == "choice":
+                out[p.key] = p.values[int(self.rng.integers(len(p.values)))]
+            elif p.type == "int":
+                out[p.key] = int(self.rng.integers(int(p.low), int(p.high) + 1))
+            elif p.type == "loguniform":
+                out[p.key] = float(math.exp(self.rng.uniform(math.log(p.low), math.log(p.high))))
+            else:
+                out[p.key] = float(self.rng.uniform(p.low, p.high))
+        return out
+
+    def propose(self) -> dict[str, Any]:
+        seen = [(c, a, j, e) for c, a, j, e in self.done]
+        cands = [self.sample() for _ in range(self.candidates)]
+        if len(seen) < self.startup:
+            # Nothing learnt yet: the only cost known is that energy grows with the epochs, so the
+            # start-up trials are random among the candidates with the fewest epochs.
+            epochs = np.array([self.epochs(c) for c in cands])
+            return cands[int(np.argmin(epochs))]
+        x_new = np.stack([features(self.params, c) for c in cands])
+        x_seen = np.stack([features(self.params, c) for c, *_ in seen])
+        acc = np.array([0.0 if a is None else a for _, a, _, _ in seen])  # no accuracy: a failed trial
+        p = success_chance(x_seen, acc, x_new, self.target())
+        costed = [
+            (features(self.params, c), j / max(e, 1.0)) for c, _, j, e in seen if j is not None and j > 0
+        ]
+        if len(costed) >= 2:
+            model = fit_cost_model(np.stack([f for f, _ in costed]), np.log([c for _, c in costed]))
+            per_epoch = np.exp(predict_log_cost(model, x_new))
+        else:
+            per_epoch = np.ones(len(cands))
+        cost = per_epoch * np.array([self.epochs(c) for c in cands])
+        return cands[pick(p, cost)]
