@@ -67,7 +67,7 @@ def main() -> None:
         "",
         f"machine: {machine()}",
         f"command per cell: lightning-green profile model.conv_layers=C model.linear_layers=L model.activation=A {' '.join(ARGS)}",
-        f"source: {df['source'].iloc[0]} (allocation of each profiling window's energy by synchronised layer time)",
+        f"source: {df['source'].iloc[0]} (the measured step energy, from unhooked reference steps, split by each module's own synchronised time; a layer type's share includes its layers' optimizer updates)",
         "",
         markdown_table(df.round(4)),
         "",
