@@ -194,7 +194,8 @@ def test_asha_stops_weak_trials_and_the_energy_budget_stops_the_study(tmp_path: 
 def test_efficient_strategy_stops_weak_trials_on_the_architecture_space(tmp_path: Path):
     out = tmp_path / "eff"
     bash(f"lightning-green tune tune/strategy=efficient tune/space=architecture tune.num_samples=6 "
-         f"tune.target_accuracy=0.5 'tune.space.params.trainer.max_epochs.high=3' {' '.join(TINY[:1])} "
+         f"tune.target_accuracy=0.5 tune.space.params.trainer.max_epochs.low=3 "
+         f"tune.space.params.trainer.max_epochs.high=3 {' '.join(TINY[:1])} "
          f"trainer.limit_train_batches=6 trainer.limit_val_batches=2 trainer.limit_test_batches=2 "
          f"hydra.run.dir={out}", tmp_path)  # fmt: skip
     trials = pd.read_csv(out / "trials.csv")

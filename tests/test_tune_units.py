@@ -245,3 +245,5 @@ def test_cost_aware_searcher_prefers_cheap_likely_configurations():
     assert sum(w <= 20 for w in picks) >= 15, picks
     assert s.target() == pytest.approx(0.95)  # reached: now look for improvements over the best
     assert s.suggest("t9") == {"model": {"width": s.live["t9"]["model.width"]}}
+    fresh = CostAwareSearch(params, "val_acc", "energy_j", 0.9, 0.95, default_epochs=1, startup=0, seed=0)
+    assert 1 <= fresh.propose()["model.width"] <= 100  # nothing seen yet, even with no start-up trials

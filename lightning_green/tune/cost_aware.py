@@ -197,7 +197,7 @@ class CostAwareSearch(Searcher):
     def propose(self) -> dict[str, Any]:
         seen = [(c, a, j, e) for c, a, j, e in self.done]
         cands = [self.sample() for _ in range(self.candidates)]
-        if len(seen) < self.startup:
+        if len(seen) < max(self.startup, 1):
             # Nothing learnt yet: the only cost known is that energy grows with the epochs, so the
             # start-up trials are random among the candidates with the fewest epochs.
             epochs = np.array([self.epochs(c) for c in cands])
