@@ -23,6 +23,8 @@ __all__ = ["Run", "build_run", "forward_flops", "main", "print_summary", "run_tr
 
 
 def print_summary(record: RunRecord, output_dir: str) -> None:
+    import shutil
+
     from rich.console import Console
     from rich.table import Table
 
@@ -36,7 +38,8 @@ def print_summary(record: RunRecord, output_dir: str) -> None:
     table.add_row("time", f"{record.seconds:.1f} s ({record.epochs} epochs)")
     table.add_row("params / FLOPs per sample", f"{record.params:,} / {record.flops_per_sample:,}")
     table.add_row("records", output_dir)
-    Console().print(table)
+    # Piped output has no terminal width: rich would assume 80 columns and cut the records path.
+    Console(width=shutil.get_terminal_size((200, 24)).columns).print(table)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")

@@ -41,6 +41,9 @@ def test_train_single_run_writes_records_and_summary(tmp_path: Path):
     r = cli("train", *TINY, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "test accuracy" in r.stdout and "estimated:cpu-time" in r.stdout
+    # one line saying what is measured (fit and test share the monitor), and the whole records path
+    assert (r.stdout + r.stderr).count("lightning-green EnergyMonitor:") == 1
+    assert str(tmp_path / "run") in r.stdout
     run = read_run(tmp_path / "run")
     assert run.test_acc is not None and 0 <= run.test_acc <= 1
     assert run.energy_j > 0 and run.sources == {"cpu": "estimated:cpu-time"}

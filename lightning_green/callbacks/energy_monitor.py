@@ -213,6 +213,7 @@ class EnergyMonitor(Callback):
         self._val_run_j = 0.0
         self._failed_stages: set[str] = set()
         self._warned_meter = False
+        self._described = ""
 
     # ------------------------------------------------------------------ set-up
     @override
@@ -247,7 +248,11 @@ class EnergyMonitor(Callback):
                 self.output_dir = default_output_dir(trainer)
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self._writer = RecordWriter(self.output_dir / RECORDS_FILE)
-        rank_zero_info(f"lightning-green EnergyMonitor: {self.meter.describe()}")
+        description = self.meter.describe()
+        # Once per monitor: a later stage (test) says it again only if it changed.
+        if description != self._described:
+            rank_zero_info(f"lightning-green EnergyMonitor: {description}")
+            self._described = description
 
     def _measure_baseline(self) -> None:
         """Idle power per device, once per monitor, before anything of ours runs on it."""
