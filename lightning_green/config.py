@@ -178,6 +178,7 @@ class BaseConfig:
     seed: int = 0
     output_dir: str = MISSING
     test: bool = True
+    threads: int | None = None
 
 
 def friendly_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
@@ -293,6 +294,9 @@ def build(group: str, node: DictConfig, **kwargs: Any) -> Any:
 
 
 def check_trainer(cfg: DictConfig) -> None:
+    threads = cfg.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be null (PyTorch's default) or an integer >= 1; got {threads!r}")
     t = cfg.trainer
     if not (t.max_epochs >= 1 or (t.max_epochs == -1 and t.max_steps > 0)):
         raise ConfigError(

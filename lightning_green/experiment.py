@@ -3,11 +3,15 @@ and ``profile`` commands and by the tuner's trials (which import this, not a com
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig
 
 from lightning_green.callbacks import EnergyBudget, EnergyEfficientStopping, EnergyMonitor
@@ -38,6 +42,8 @@ class Run:
 def build_run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> Run:
     """Validate and build datamodule, model, callbacks and Trainer. Raises ConfigError on bad values."""
     check_trainer(cfg)
+    if cfg.get("threads") is not None:
+        torch.set_num_threads(int(cfg.threads))
     dm = build("data", cfg.data)
     net = build(
         "model",
@@ -99,6 +105,7 @@ def run_training(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = No
     """Train (and test) one configuration; writes ``run.json`` beside the energy records."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run = build_run(cfg, extra_callbacks)
+    load0 = _load_average()
     t0 = time.monotonic()
     run.trainer.fit(run.module, datamodule=run.datamodule)
     val_acc = _metric(run.trainer, "val_acc")
@@ -140,9 +147,40 @@ def run_training(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = No
             else None
         ),
     )
+    record.machine = machine_state(load0)
+    busy = record.machine["other_load"]
+    if busy is not None and busy > 0.5:
+        rank_zero_warn(
+            f"lightning-green: other processes loaded this machine during the run (load average "
+            f"{record.machine['load_avg_end']:.2f} with {record.machine['threads']} thread(s) of ours): CPU "
+            "figures, above all the CPU-time estimate, vary with that load; compare runs made on a quiet "
+            "machine with the same `threads`"
+        )
     if run.trainer.is_global_zero:
         write_run(cfg.output_dir, record)
     return record
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):  # not on every platform
+        return None
+
+
+def machine_state(load_start: float | None) -> dict[str, Any]:
+    """Where and how the run computed: host, threads, cores, and the 1-minute load average at its
+    start and end, with the part of the end load that is not this run's threads (``other_load``)."""
+    end = _load_average()
+    threads = torch.get_num_threads()
+    return {
+        "host": socket.gethostname(),
+        "threads": threads,
+        "cpus": os.cpu_count(),
+        "load_avg_start": load_start,
+        "load_avg_end": end,
+        "other_load": None if end is None else max(0.0, end - threads),
+    }
 
 
 def _metric(trainer: pl.Trainer, key: str) -> float | None:

@@ -480,6 +480,8 @@ class RunRecord:
     resumed_from: list[str] = field(default_factory=list)
     #: Training energy above the devices' idle baseline (``energy_j`` minus idle power x time).
     dynamic_j: float | None = None
+    #: Where and how it computed: host, threads, cpus, load average at start and end, other_load.
+    machine: dict[str, Any] = field(default_factory=dict)
     kind: str = "run"
     schema: int = SCHEMA_VERSION
 

@@ -38,7 +38,7 @@ def test_help_lists_commands(tmp_path: Path):
 
 
 def test_train_single_run_writes_records_and_summary(tmp_path: Path):
-    r = cli("train", *TINY, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    r = cli("train", *TINY, "threads=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "test accuracy" in r.stdout and "estimated:cpu-time" in r.stdout
     # one line saying what is measured (fit and test share the monitor), and the whole records path
@@ -46,6 +46,9 @@ def test_train_single_run_writes_records_and_summary(tmp_path: Path):
     assert str(tmp_path / "run") in r.stdout
     run = read_run(tmp_path / "run")
     assert run.test_acc is not None and 0 <= run.test_acc <= 1
+    # where and how it computed: the pinned thread count, host, load at start and end
+    assert run.machine["threads"] == 1 and run.machine["host"] and run.machine["cpus"] >= 1
+    assert run.machine["load_avg_end"] is None or run.machine["other_load"] >= 0
     assert run.energy_j > 0 and run.sources == {"cpu": "estimated:cpu-time"}
     windows = read_windows(tmp_path / "run")
     # windows are written as they close: the epoch-end validation closes before its train epoch

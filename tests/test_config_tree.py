@@ -131,6 +131,7 @@ def test_missing_dataset_says_where_it_looked(tmp_path: Path):
         ("trainer.max_epochs=0", r"trainer\.max_epochs must be an integer >= 1"),
         ("optimizer.beta1=1.5", r"optimizer\.beta1 must be a finite number in \(0, 1\)"),
         ("energy.backend=watts", r"energy\.backend must be one of auto, zeus, nvml, rapl, estimate"),
+        ("threads=0", r"threads must be null \(PyTorch's default\) or an integer >= 1"),
         ("energy.pue=0.5", r"energy\.pue must be a finite number >= 1"),
         ("data.batch_size=0", r"data\.batch_size must be an integer >= 1"),
         # NaN, infinity and out-of-range numbers, in every numeric field the tree hands on

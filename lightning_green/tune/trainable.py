@@ -24,13 +24,14 @@ REPORTED_METRICS = (*EPOCH_METRICS, *FINAL_METRICS)
 def train_trial(config: dict[str, Any], base: dict[str, Any], cpus_per_trial: int = 1) -> None:
     """Apply the trial's parameters to the base config, train, and report every epoch and at the end."""
     import ray
-    import torch
     from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
 
     from lightning_green.experiment import run_training
 
-    torch.set_num_threads(max(1, int(cpus_per_trial)))
     cfg = OmegaConf.create(base)
+    # A trial computes with the CPUs Ray gave it, unless `threads` says otherwise.
+    if cfg.get("threads") is None:
+        cfg.threads = max(1, int(cpus_per_trial))
     for key, value in flatten(config).items():
         OmegaConf.update(cfg, key, value, force_add=False)
     cfg.output_dir = ray.tune.get_context().get_trial_dir()
