@@ -38,6 +38,17 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _launcher_problem(args: list[str]) -> str | None:
+    """A SLURM launcher off a SLURM cluster, said in one line before Hydra starts (submitit would
+    raise a traceback from inside the launcher)."""
+    import shutil
+
+    slurm = any(a in ("hydra/launcher=slurm", "hydra/launcher=submitit_slurm") for a in args)
+    if slurm and shutil.which("srun") is None:
+        return "no srun found: run this on a SLURM login node, or use hydra/launcher=local"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -46,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"lightning-green: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    problem = _launcher_problem(rest)
+    if problem:
+        print(f"lightning-green: {problem}", file=sys.stderr)
         return 2
     # Hydra reads sys.argv itself.
     sys.argv = [f"lightning-green {command}", *rest]

@@ -157,3 +157,22 @@ def test_budget_from_the_config_tree_stops_the_run(tmp_path: Path):
     summary = json.loads((run / "energy_summary.json").read_text())
     assert summary["stopped_by"].startswith("EnergyBudget: spent")
     assert read_run(run).epochs == 1
+
+
+@pytest.mark.skipif(shutil.which("srun") is not None, reason="this machine is a SLURM node")
+def test_slurm_launcher_off_a_cluster_is_one_line(tmp_path: Path):
+    r = cli("train", "-m", "hydra/launcher=slurm", "trainer.max_epochs=1", cwd=tmp_path)
+    _one_line_error(r, "no srun found", "hydra/launcher=local")
+
+
+@pytest.mark.slow
+def test_a_gpu_request_on_a_cluster_without_gpus_fails_before_trials(tmp_path: Path):
+    from conftest import run_in_loopback_netns
+    from test_cli import CLI
+
+    r = run_in_loopback_netns(
+        [CLI, "tune", "tune.gpus_per_trial=1", "trainer=gpu", f"hydra.run.dir={tmp_path / 'gpu'}"],
+        timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    _one_line_error(r, "tune.gpus_per_trial=1", "0 GPU(s)", "tune.gpus_per_trial=0 trainer=cpu")
+    assert not (tmp_path / "gpu" / "trials.csv").exists()

@@ -120,6 +120,23 @@ def check_ray_address(address: str | None, timeout_s: float = 3.0) -> None:
         ) from None
 
 
+def check_resources(tune_cfg: DictConfig, cluster: dict[str, Any]) -> None:
+    """A trial that asks for more GPUs or CPUs than the whole cluster has would wait forever in
+    Ray's queue: say so in one line before any trial starts."""
+    for key, unit, have in (("gpus_per_trial", "GPU", cluster.get("gpus", 0)), ("cpus_per_trial", "CPU", cluster.get("cpus", 0))):  # fmt: skip
+        want = tune_cfg.get(key) or 0
+        if want > (have or 0):
+            fix = (
+                "start GPU nodes (ray start --num-gpus=N) or set tune.gpus_per_trial=0 trainer=cpu"
+                if unit == "GPU"
+                else f"lower tune.cpus_per_trial to at most {int(have or 0)} or add nodes"
+            )
+            raise ConfigError(
+                f"tune.{key}={want} but the Ray cluster ({cluster.get('address')}, {cluster.get('nodes')} node(s)) "
+                f"has {have:g} {unit}(s) in all: no trial could start; {fix}"
+            )
+
+
 def check_resumable(cfg: DictConfig, out: Path) -> None:
     """``tune.resume=true`` needs an interrupted study in ``out``; say so before Ray starts."""
     from ray import tune
@@ -145,6 +162,7 @@ def run_study(
     seed = t.seed if seed is None else seed
     base["seed"] = seed
     cluster = cluster or init_ray(t)
+    check_resources(t, cluster)
     out.mkdir(parents=True, exist_ok=True)
     storage = (out / "ray").resolve()
     trainable = tune.with_resources(
