@@ -193,7 +193,7 @@ def test_asha_stops_weak_trials_and_the_energy_budget_stops_the_study(tmp_path: 
 
 def test_efficient_strategy_stops_weak_trials_on_the_architecture_space(tmp_path: Path):
     out = tmp_path / "eff"
-    bash(f"lightning-green tune tune/strategy=efficient tune/space=architecture tune.num_samples=6 "
+    r = bash(f"lightning-green tune tune/strategy=efficient tune/space=architecture tune.num_samples=6 "
          f"tune.target_accuracy=0.5 tune.space.params.trainer.max_epochs.low=3 "
          f"tune.space.params.trainer.max_epochs.high=3 {' '.join(TINY[:1])} "
          f"trainer.limit_train_batches=6 trainer.limit_val_batches=2 trainer.limit_test_batches=2 "
@@ -207,6 +207,9 @@ def test_efficient_strategy_stops_weak_trials_on_the_architecture_space(tmp_path
     stopped = trials[trials["stopped_early"]]
     assert len(stopped) >= 1 and (stopped["epochs"] < stopped["param.trainer.max_epochs"]).all()
     assert meta["study_energy_j"] >= meta["energy_used_j"]
+    # one progress line per finished trial, with the running total
+    lines = [line for line in r.stdout.splitlines() if line.startswith("efficient seed 0 trial ")]
+    assert len(lines) == 6 and "trials so far" in lines[-1]
 
 
 RAY_USER_SCRIPT = textwrap.dedent(

@@ -62,6 +62,38 @@ def init_ray(tune_cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def trial_lines(label: str, accuracy: str, energy: str) -> Any:
+    """A Ray Tune callback printing one line per finished trial: the study, the trial, its
+    accuracy and joules, and the study's running total of trial energy."""
+    from ray import tune
+
+    class TrialLines(tune.Callback):
+        def __init__(self) -> None:
+            self.total_j = 0.0
+            self.done = 0
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._line(trial, "")
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._line(trial, " FAILED")
+
+        def _line(self, trial: Any, status: str) -> None:
+            r = trial.last_result or {}
+            joules = r.get("total_j", r.get(energy))
+            self.total_j += float(joules or 0.0)
+            self.done += 1
+            acc = r.get(accuracy)
+            print(
+                f"{label} trial {self.done} ({trial.trial_id}){status}: {accuracy} "
+                f"{'-' if acc is None else f'{acc:.4f}'}, {'-' if joules is None else f'{joules:.1f}'} J "
+                f"after {r.get('training_iteration', 0)} report(s); trials so far {self.total_j:.1f} J",
+                flush=True,
+            )
+
+    return TrialLines()
+
+
 def energy_budget_stopper(budget_j: float, metric: str) -> Any:
     """A Ray Tune stopper that ends the whole study once its trials together used ``budget_j`` joules
     (each trial's latest cumulative ``metric``)."""
@@ -213,6 +245,7 @@ def run_study(
                 **ranking,
             )
         stop = energy_budget_stopper(t.energy_budget_j, t.energy_metric) if t.energy_budget_j else None
+        progress = [trial_lines(f"{t.strategy.name} seed {seed}", t.accuracy_metric, t.energy_metric)]
         tuner = tune.Tuner(
             trainable,
             param_space=space,
@@ -227,6 +260,7 @@ def run_study(
                 # the trial's folder under storage_path on every report and when the trial ends.
                 sync_config=tune.SyncConfig(sync_artifacts=True),
                 stop=stop,
+                callbacks=progress,
                 verbose=0,
             ),
         )
