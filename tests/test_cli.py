@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -58,24 +59,52 @@ def test_train_single_run_writes_records_and_summary(tmp_path: Path):
 
 def test_multirun_then_report(tmp_path: Path):
     sweep = tmp_path / "sweep"
-    r = cli("train", "-m", "model.conv_layers=1,2", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    r = cli("train", "-m", "model.conv_layers=1,2", "model.linear_layers=1,2", *TINY, f"hydra.sweep.dir={sweep}",
+            cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()) == ["0", "1"]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()) == ["0", "1", "2", "3"]
     r = cli("report", str(sweep), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     with open(sweep / "summary.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["model.conv_layers"]) for r in rows] == [1, 2]
+    assert [(int(r["model.conv_layers"]), int(r["model.linear_layers"])) for r in rows] == [
+        (1, 1),
+        (1, 2),
+        (2, 1),
+        (2, 2),
+    ]
     for row in rows:
         assert float(row["energy_j"]) > 0 and row["source"] == "cpu=estimated:cpu-time"
         assert float(row["dynamic_j"]) == pytest.approx(float(row["energy_j"]))  # an estimate is dynamic
-        assert int(row["params"]) > 0 and int(row["flops_per_sample"]) > 0
-    assert int(rows[1]["flops_per_sample"]) > int(rows[0]["flops_per_sample"])
+        assert int(row["params"]) > 0 and int(row["flops_per_sample"]) > 0 and row["status"] == "finished"
+    assert int(rows[2]["flops_per_sample"]) > int(rows[0]["flops_per_sample"])
     for name in ("summary.md", "main_effects.csv", "accuracy_vs_energy.png", "energy_by_factor.png"):
         assert (sweep / name).stat().st_size > 0, name
-    assert "eta^2" in (sweep / "summary.md").read_text()
+    assert "eta^2" in (sweep / "summary.md").read_text()  # a 2x2 factorial design: main effects
     with open(sweep / "main_effects.csv") as f:
-        assert {r["response"] for r in csv.DictReader(f)} == {"energy_j", "dynamic_j"}
+        effects = list(csv.DictReader(f))
+    assert {r["response"] for r in effects} == {"energy_j", "dynamic_j"}
+    assert {r["factor"] for r in effects} == {"model.conv_layers", "model.linear_layers"}
+
+    # one factor (conv layers at one linear depth): a plain comparison, no eta^2 = 1.000
+    one = tmp_path / "one"
+    for job in ("0", "2"):
+        shutil.copytree(sweep / job, one / job)
+    r = cli("report", str(one), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = (one / "summary.md").read_text()
+    assert (
+        "Not a factorial design" in text and "eta^2 =" not in text and not (one / "main_effects.csv").exists()
+    )
+
+    # a crashed run (records, no run.json) is reported as partial, not refused
+    (one / "2" / "run.json").unlink()
+    r = cli("report", str(one), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(one / "summary.csv") as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert rows["2"]["status"].startswith("partial") and float(rows["2"]["energy_j"]) > 0
+    assert rows["2"]["model.conv_layers"] == "2" and rows["0"]["status"] == "finished"
 
 
 def test_invalid_override_fails_before_training(tmp_path: Path):

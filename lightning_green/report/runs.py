@@ -8,7 +8,7 @@ import pandas as pd
 
 from lightning_green._plotting import pyplot
 from lightning_green.energy.carbon import JOULES_PER_KWH
-from lightning_green.records import RUN_FILE, read_run, read_windows
+from lightning_green.records import RECORDS_FILE, RUN_FILE, read_run, read_windows
 from lightning_green.report.pareto import pareto_mask
 
 COLUMNS = [
@@ -26,7 +26,10 @@ COLUMNS = [
     "epochs",
     "source",
     "complete",
+    "status",
 ]
+#: ``status`` of a run with ``energy.jsonl`` but no ``run.json``: it crashed or was interrupted.
+PARTIAL = "partial: no run.json (crashed or interrupted); energy from its records"
 
 
 def _parse_override(text: str) -> tuple[str, str] | None:
@@ -62,6 +65,7 @@ def load_runs(root: str | Path) -> pd.DataFrame:
             if kv:
                 row[kv[0]] = _number(kv[1])
         row.update(
+            status="finished",
             test_acc=rec.test_acc,
             val_acc=rec.val_acc,
             energy_j=fit_j,
@@ -78,13 +82,63 @@ def load_runs(root: str | Path) -> pd.DataFrame:
             complete=rec.complete and all(w.complete for w in windows),
         )
         rows.append(row)
+    finished = {p.parent for p in root.rglob(RUN_FILE)}
+    for path in sorted({p.parent for p in root.rglob(RECORDS_FILE)} - finished):
+        rows += _partial_rows(root, path)
     if not rows:
         raise FileNotFoundError(
-            f"no run.json under {root}: is it a `lightning-green train` run or multirun folder?"
+            f"no run.json or {RECORDS_FILE} under {root}: is it a `lightning-green train` run or multirun folder?"
         )
     df = pd.DataFrame(rows)
     factors = swept_factors(df)
     return df[["run", *factors, *COLUMNS]]
+
+
+def _partial_rows(root: Path, path: Path) -> list[dict[str, object]]:
+    """Rows for a folder whose runs never wrote ``run.json``: one per run in its records, energy
+    from its windows (the unfinished window's figure included as recorded), overrides from Hydra's
+    ``.hydra/overrides.yaml`` where it exists."""
+    windows = [w for w in read_windows(path) if w.stage != "layer"]
+    overrides: dict[str, object] = {}
+    hydra_file = path / ".hydra" / "overrides.yaml"
+    if hydra_file.is_file():
+        import yaml
+
+        for ov in yaml.safe_load(hydra_file.read_text()) or []:
+            kv = _parse_override(str(ov))
+            if kv:
+                overrides[kv[0]] = _number(kv[1])
+    rows = []
+    run_ids = list(dict.fromkeys(w.run_id for w in windows))
+    for run_id in run_ids:
+        mine = [w for w in windows if w.run_id == run_id]
+        fit = [w for w in mine if w.stage in ("train", "validate", "sanity_check")]
+        fit_j = sum(w.energy_j for w in fit)
+        dynamic = [w.dynamic_j for w in fit]
+        name = str(path.relative_to(root)) if path != root else "."
+        rows.append({
+            "run": name if len(run_ids) == 1 else f"{name}#{run_id}", **overrides,
+            "status": PARTIAL, "test_acc": None, "val_acc": None, "energy_j": fit_j,
+            "dynamic_j": float(sum(dynamic)) if fit and all(d is not None for d in dynamic) else float("nan"),
+            "energy_kwh": fit_j / JOULES_PER_KWH, "total_j": sum(w.energy_j for w in mine), "co2e_g": None,
+            "seconds": sum(w.seconds for w in mine), "train_seconds": sum(w.seconds for w in mine if w.stage == "train"),
+            "params": None, "flops_per_sample": None, "epochs": len([w for w in mine if w.stage == "train"]),
+            "source": ", ".join(f"{d}={s}" for d, s in sorted({k: v for w in mine for k, v in w.sources.items()}.items())),
+            "complete": False,
+        })  # fmt: skip
+    return rows
+
+
+def is_factorial(df: pd.DataFrame, factors: list[str]) -> bool:
+    """At least two swept factors and every combination of their levels present: main effects
+    (eta^2) mean something only then. One factor gets a plain comparison; runs that differ in
+    unrelated ways are not a design."""
+    if len(factors) < 2:
+        return False
+    cells = 1
+    for f in factors:
+        cells *= df[f].nunique(dropna=False)
+    return len(df[factors].drop_duplicates()) == cells
 
 
 def _number(value: str) -> object:
@@ -143,6 +197,16 @@ def write_tables(df: pd.DataFrame, out: Path, effects: pd.DataFrame | None) -> l
         "`dynamic_j` is the training energy above the devices' idle baseline (what model choices change; "
         "NaN without a baseline); an `estimated:cpu-time` figure is dynamic already."
     )
+    factors = swept_factors(df)
+    if (df["status"] != "finished").any():
+        text.append(
+            "Runs marked partial have no run.json (they crashed or were interrupted); they are left out of main effects."
+        )
+    if factors and (effects is None or effects.empty):
+        text.append(
+            f"Swept: {', '.join(factors)}. Not a factorial design of two or more factors, so no main effects "
+            "(eta^2 needs every combination of at least two factors); compare the rows directly."
+        )
     if effects is not None and not effects.empty:
         paths.append(out / "main_effects.csv")
         effects.to_csv(paths[-1], index=False)
@@ -225,9 +289,13 @@ def report_runs(root: str | Path, out: str | Path | None = None) -> list[Path]:
     root = Path(root)
     out = Path(out) if out else root
     df = load_runs(root)
+    finished = df[df["status"] == "finished"]
+    factors = swept_factors(finished) if not finished.empty else []
     effects = (
-        pd.concat([main_effects(df, "energy_j"), main_effects(df, "dynamic_j")], ignore_index=True)
-        if swept_factors(df)
+        pd.concat(
+            [main_effects(finished, "energy_j"), main_effects(finished, "dynamic_j")], ignore_index=True
+        )
+        if is_factorial(finished, factors)
         else None
     )
     return write_tables(df, out, effects) + plot_runs(df, out, effects)
