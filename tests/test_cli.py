@@ -50,6 +50,14 @@ def test_train_single_run_writes_records_and_summary(tmp_path: Path):
     # where and how it computed: the pinned thread count, host, load at start and end
     assert run.machine["threads"] == 1 and run.machine["host"] and run.machine["cpus"] >= 1
     assert run.machine["load_avg_end"] is None or run.machine["other_load"] >= 0
+    # the notebook loader: one row per window, numbers as numbers
+    from lightning_green.report import load_records
+
+    windows_df = load_records(tmp_path / "run")
+    assert set(windows_df["stage"]) >= {"train", "validate", "test"}
+    assert windows_df["energy_j"].dtype.kind == "f" and windows_df["cpu_j"].sum() == pytest.approx(
+        windows_df["energy_j"].sum()
+    )
     assert run.energy_j > 0 and run.sources == {"cpu": "estimated:cpu-time"}
     windows = read_windows(tmp_path / "run")
     # windows are written as they close: the epoch-end validation closes before its train epoch

@@ -120,6 +120,8 @@ def test_cnn_whole_tree_shares_sum_and_allocation(tmp_path: Path):
         "unattributed",
     }
     assert types["Conv"]["layers"] == 2 and types["ReLU"]["layers"] == 3
+    frame = prof.type_table(as_frame=True)  # for a notebook
+    assert list(frame["layer_type"]) == list(types) and frame["joules_per_step"].dtype.kind == "f"
     assert sum(t["share"] for t in types.values()) == pytest.approx(1.0)
 
     out = Path(trainer.logger.log_dir)

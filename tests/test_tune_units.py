@@ -178,6 +178,10 @@ def test_compare_says_when_a_difference_is_not_resolved():
     assert "0.27x" in line and "resolved (intervals do not overlap)" in line
     acc = next(d for d in info["differences"] if d.startswith("efficient vs grid, best accuracy"))
     assert "not resolved" in acc
+    # a strategy that never reaches the target: NaN (a number), not the string "never"
+    table, info = compare_table({"grid": b, "efficient": a}, target_accuracy=0.99)
+    assert table["energy_to_target_j"].dtype.kind == "f" and table["energy_to_target_j"].isna().all()
+    assert any("not comparable" in d for d in info["differences"])
 
 
 def test_efficient_searcher_constraint_and_relative_target():

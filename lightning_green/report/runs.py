@@ -94,6 +94,27 @@ def load_runs(root: str | Path) -> pd.DataFrame:
     return df[["run", *factors, *COLUMNS]]
 
 
+def load_records(path: str | Path, kind: str = "window") -> pd.DataFrame:
+    """Records of a run folder (or an ``energy.jsonl``) as a DataFrame, for a notebook: ``kind``
+    ``"window"`` (one row per epoch window: stage, epoch, seconds, energy_j, dynamic_j, complete,
+    one ``<domain>_j`` column per domain), ``"layer"`` or ``"layer_type"`` (LayerEnergyProfiler)."""
+    from dataclasses import asdict
+
+    from lightning_green.records import iter_records
+
+    path = Path(path)
+    file = path / RECORDS_FILE if path.is_dir() else path
+    rows = []
+    for rec in iter_records(file, kind):
+        row = asdict(rec)
+        if kind == "window":
+            for d in row.pop("domains"):
+                row[f"{d['domain']}_j"] = (row.get(f"{d['domain']}_j") or 0.0) + (d["joules"] or 0.0)
+            row.pop("assumptions", None)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _partial_rows(root: Path, path: Path) -> list[dict[str, object]]:
     """Rows for a folder whose runs never wrote ``run.json``: one per run in its records, energy
     from its windows (the unfinished window's figure included as recorded), overrides from Hydra's

@@ -121,9 +121,10 @@ def compare_table(
             "best_accuracy_sd": float(np.std(acc)),
             "total_energy_j": float(np.mean([m["total_energy_j"] for m in ms])),
             "total_dynamic_energy_j": float(np.mean([m["total_dynamic_energy_j"] for m in ms])),
-            "energy_to_target_j": float(np.mean(reached)) if reached else "never",
+            # NaN (numeric) where no seed reached the target; the Markdown table says "never"
+            "energy_to_target_j": float(np.mean(reached)) if reached else math.nan,
             "energy_to_target_ci95": _fmt_ci(bootstrap_ci(reached)),
-            "trials_to_target": float(np.mean(tt)) if tt else "never",
+            "trials_to_target": float(np.mean(tt)) if tt else math.nan,
             "trials_to_target_ci95": _fmt_ci(bootstrap_ci(tt), 3),
             "reached_target": f"{len(reached)}/{len(ms)}",
             "energy_to_target_per_seed_j": per_seed,
@@ -170,7 +171,7 @@ def differences(rows: list[dict[str, Any]], reference: str = "grid") -> list[str
         for key, what, unit in (("energy_to_target_j", "energy to target", " J"), ("best_accuracy", "best accuracy", ""),
                                 ("hypervolume_normalised", "hypervolume", "")):  # fmt: skip
             a, b = r[key], ref[key]
-            if not isinstance(a, float) or not isinstance(b, float):
+            if not isinstance(a, float) or not isinstance(b, float) or math.isnan(a) or math.isnan(b):
                 out.append(
                     f"{r['strategy']} vs {ref['strategy']}, {what}: not comparable (a strategy never reached the target)"
                 )
@@ -312,7 +313,7 @@ def write_compare(
         f"{info['reference_point']['accuracy']}, energy {info['reference_point']['energy_j']:.1f} J. Energy source: "
         f"{'; '.join(sources)}.",
         "",
-        markdown_table(table),
+        markdown_table(table.fillna({"energy_to_target_j": "never", "trials_to_target": "never"})),
         "",
         "## Differences (means over seeds, bootstrap 95% intervals of the mean)",
         "",
@@ -358,6 +359,18 @@ def pareto_table(trials: pd.DataFrame) -> pd.DataFrame:
         return done
     mask = pareto_mask(done["accuracy"].astype(float), done["energy_j"].astype(float))
     return done[mask].sort_values("energy_j")
+
+
+def load_study(path: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:
+    """A study's settings (``study.json``) and its trials as a DataFrame, for a notebook:
+    ``meta, trials = load_study("lightning_green_runs/tune/<date>")``."""
+    return read_study(path)
+
+
+def load_compare(path: str | Path) -> pd.DataFrame:
+    """A comparison's table (``compare.csv``) with numeric columns numeric (NaN where a strategy
+    never reached the target)."""
+    return pd.read_csv(Path(path) / "compare.csv", na_values=["never"])
 
 
 def read_study(path: str | Path) -> tuple[dict[str, Any], pd.DataFrame]:

@@ -682,8 +682,17 @@ class LayerEnergyProfiler(Callback):
             r["total_share"] = t / step_j if t is not None and step_j else None
         return rows
 
-    def type_table(self) -> list[dict[str, Any]]:
-        """Per layer type: own joules per step, share, parameters, FLOPs, modules (``None`` where a member has no figure)."""
+    def type_table(self, as_frame: bool = False) -> Any:
+        """Per layer type: own joules per step, share, parameters, FLOPs, modules (``None`` where a
+        member has no figure); a list of dicts, or with ``as_frame=True`` a pandas DataFrame."""
+        table = self._type_rows()
+        if as_frame:
+            import pandas as pd
+
+            return pd.DataFrame(table)
+        return table
+
+    def _type_rows(self) -> list[dict[str, Any]]:
         agg: dict[str, dict[str, Any]] = defaultdict(
             lambda: {"joules_per_step": 0.0, "share": 0.0, "params": 0, "flops": 0, "layers": 0}
         )
