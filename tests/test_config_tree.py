@@ -172,13 +172,14 @@ def test_check_trainer_allows_max_steps(tmp_path: Path):
          {"EnergyMonitor", "ModelCheckpoint", "EnergyBudget", "EnergyEfficientStopping"}),
         (["callbacks.early_stopping._enabled_=true", "callbacks.model_checkpoint._enabled_=false"],
          {"EnergyMonitor", "EarlyStopping", "ModelCheckpoint"}),  # Lightning's own default checkpointing
+        (["trainer.enable_progress_bar=true"], {"EnergyMonitor", "ModelCheckpoint", "EnergyProgressBar"}),
     ],
 )  # fmt: skip
 def test_callbacks_come_from_the_callbacks_group(overrides: list[str], expected: set[str], tmp_path: Path):
     trainer = build_run(_compose(overrides, tmp_path)).trainer
     ours = {type(c).__name__ for c in trainer.callbacks} & {
         "EnergyMonitor", "ModelCheckpoint", "LayerEnergyProfiler", "EnergyBudget", "EnergyEfficientStopping",
-        "EarlyStopping",
+        "EarlyStopping", "EnergyProgressBar",
     }  # fmt: skip
     assert ours == expected
     ours_ckpt = [

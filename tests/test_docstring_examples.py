@@ -16,6 +16,7 @@ MODULES = [
     "lightning_green.callbacks.forecast",
     "lightning_green.callbacks.energy_budget",
     "lightning_green.callbacks.energy_efficient_stopping",
+    "lightning_green.callbacks.progress",
 ]
 
 

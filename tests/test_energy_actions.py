@@ -360,3 +360,29 @@ def test_callbacks_from_lightning_cli(tmp_path: Path):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert read_summary(tmp_path)["stopped_by"].startswith("EnergyBudget")
+
+
+def test_the_progress_bar_shows_energy_so_far_and_average_power(tmp_path):
+    from lightning import Trainer
+
+    from lightning_green import EnergyMonitor
+    from lightning_green.callbacks.progress import EnergyProgressBar
+    from lightning_green.data import DigitsDataModule
+    from lightning_green.models import LitClassifier, SimpleCNN
+
+    seen = []
+
+    class Spy(EnergyProgressBar):
+        def get_metrics(self, trainer, pl_module):
+            items = super().get_metrics(trainer, pl_module)
+            seen.append(items)
+            return items
+
+    monitor = EnergyMonitor(output_dir=tmp_path)
+    Trainer(max_epochs=1, limit_train_batches=5, limit_val_batches=2, logger=False, enable_checkpointing=False,
+            enable_model_summary=False, callbacks=[monitor, Spy()]).fit(
+        LitClassifier(SimpleCNN(conv_layers=1)), datamodule=DigitsDataModule()
+    )  # fmt: skip
+    last = seen[-1]
+    assert last["energy"].endswith(" J") and float(last["energy"].split()[0]) > 0
+    assert last["power"].endswith(" W") and float(last["power"].split()[0]) > 0

@@ -497,8 +497,12 @@ class LayerEnergyProfiler(Callback):
             f"LayerEnergyProfiler: replaying {len(groups)} distinct module(s) of {len(todo)} "
             f"for about {len(groups) * self.replay_window_s:.0f} s"
         )
-        for members in groups.values():
+        for i, members in enumerate(groups.values(), 1):
             first = members[0]
+            shared = f" (and {len(members) - 1} like it)" if len(members) > 1 else ""
+            rank_zero_info(
+                f"LayerEnergyProfiler: replay {i}/{len(groups)}: {first.name} ({first.module_type}){shared}"
+            )
             if first.layer_type == "Compiled":
                 result = ReplayResult(None, None, "torch.compile'd modules are not replayed")
             else:
