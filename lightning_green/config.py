@@ -181,6 +181,22 @@ class BaseConfig:
     threads: int | None = None
 
 
+def route_logs_to_hydra() -> None:
+    """Lightning logs through its own stderr handler and does not propagate, so Hydra's job log
+    (``<job>.log`` in the run folder) stayed empty. Once Hydra has configured logging, hand
+    Lightning's records to the root logger: Hydra's console and file handlers then show and keep
+    them (one console line each, as before)."""
+    import logging
+
+    root = logging.getLogger()
+    if not any(isinstance(h, logging.FileHandler) for h in root.handlers):
+        return  # Hydra's job logging is off: leave Lightning's console output as it is
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        lg.handlers = [h for h in lg.handlers if isinstance(h, logging.FileHandler)]
+        lg.propagate = True
+
+
 def friendly_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     """Wrap a Hydra task so that wrong input prints one line and exits with status 2, instead of a
     traceback: a :class:`ConfigError`, another :class:`UserInputError` (a record file, missing data),
@@ -188,6 +204,7 @@ def friendly_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig],
 
     @functools.wraps(task)
     def run(cfg: DictConfig) -> Any:
+        route_logs_to_hydra()
         try:
             return task(cfg)
         except ConfigError as err:

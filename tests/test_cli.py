@@ -45,6 +45,8 @@ def test_train_single_run_writes_records_and_summary(tmp_path: Path):
     # one line saying what is measured (fit and test share the monitor), and the whole records path
     assert (r.stdout + r.stderr).count("lightning-green EnergyMonitor:") == 1
     assert str(tmp_path / "run") in r.stdout
+    # Hydra's job log keeps what Lightning and lightning-green logged (it used to stay empty)
+    assert "lightning-green EnergyMonitor:" in (tmp_path / "run" / "train.log").read_text()
     run = read_run(tmp_path / "run")
     assert run.test_acc is not None and 0 <= run.test_acc <= 1
     # where and how it computed: the pinned thread count, host, load at start and end
