@@ -310,6 +310,39 @@ def build(group: str, node: DictConfig, **kwargs: Any) -> Any:
         raise config_error(group, err) from err
 
 
+#: The extra that provides a logger's package (``pip install lightning-green[<extra>]``).
+LOGGER_EXTRAS = {"mlflow": "mlflow"}
+
+
+def build_loggers(node: DictConfig | None) -> list[Any] | bool:
+    """Every logger of the ``logger`` group (one key per chosen file: ``logger=[csv,mlflow]``), or
+    ``False`` for none. A logger whose package is missing is a :class:`ConfigError` saying what to
+    install, not a stack trace."""
+    if not node:
+        return False
+    loggers = []
+    for key, sub in node.items():
+        if sub is None:
+            continue
+        try:
+            loggers.append(build(f"logger.{key}", sub))
+        except ConfigError as err:
+            cause = err.__cause__
+            while cause is not None and not isinstance(cause, (ImportError, ModuleNotFoundError)):
+                cause = cause.__cause__ or cause.__context__
+            text = str(err).lower()
+            if cause is not None or "not installed" in text or "no module named" in text:
+                extra = LOGGER_EXTRAS.get(str(key))
+                how = (
+                    f"install lightning-green[{extra}]"
+                    if extra
+                    else f"install the package it needs ({cause or err})"
+                )
+                raise ConfigError(f"logger={key} needs a package that is not installed: {how}") from err
+            raise
+    return loggers or False
+
+
 def check_trainer(cfg: DictConfig) -> None:
     threads = cfg.get("threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):

@@ -20,6 +20,7 @@ from lightning_green.config import (
     ConfigError,
     build,
     build_callbacks,
+    build_loggers,
     check_trainer,
     config_error,
     to_container,
@@ -65,7 +66,7 @@ def build_run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
             "do not switch it off"
         )
     callbacks += extra_callbacks or []
-    logger = build("logger", cfg.logger) if cfg.logger else False
+    logger = build_loggers(cfg.logger)
     trainer = build(
         "trainer", cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=cfg.output_dir
     )

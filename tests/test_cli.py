@@ -227,3 +227,18 @@ def test_profile_command_and_profiler_switched_on_from_config(tmp_path: Path):
     assert (tmp_path / "t" / "layers.csv").is_file() and (tmp_path / "t" / "layer_energy.png").is_file()
     with open(tmp_path / "t" / "metrics.csv") as f:
         assert any(row.get("layer_energy/Conv_j") for row in csv.DictReader(f))
+
+
+def test_train_logs_energy_to_mlflow_beside_csv(tmp_path: Path):
+    from mlflow.tracking import MlflowClient
+
+    run_dir = tmp_path / "ml"
+    r = cli("train", "logger=[csv,mlflow]", *TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (run_dir / "metrics.csv").is_file()  # the CSV logger too
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("lightning-green").experiment_id])
+    stored = run.data.metrics
+    assert stored["energy/total_j"] > 0 and "energy/train_epoch_j" in stored
+    assert stored["energy/total_j"] == pytest.approx(read_run(run_dir).total_j, rel=0.05)  # last value: after test
+    assert not (tmp_path / "mlruns").exists()  # nothing written outside the run folder

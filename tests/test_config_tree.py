@@ -219,3 +219,20 @@ def test_a_users_own_hydra_project_adds_the_callback_from_a_copied_file(tmp_path
     Trainer(max_epochs=1, callbacks=callbacks, logger=False, enable_progress_bar=False,
             enable_checkpointing=False).fit(LitClassifier(SimpleCNN(conv_layers=1)), datamodule=DigitsDataModule())  # fmt: skip
     assert read_summary(tmp_path / "out")["carbon_intensity_g_per_kwh"] == 56.0
+
+
+def test_several_loggers_and_a_missing_logger_package(tmp_path: Path):
+    from omegaconf import OmegaConf
+
+    from lightning_green.config import ConfigError, build_loggers
+
+    trainer = build_run(_compose(["logger=[csv,tensorboard]"], tmp_path)).trainer
+    assert sorted(type(lg).__name__ for lg in trainer.loggers) == ["CSVLogger", "TensorBoardLogger"]
+    assert build_run(_compose(["~logger"], tmp_path)).trainer.loggers == []
+    # a logger whose package is missing says what to install, in one line
+    node = OmegaConf.create({"mlflow": {"_target_": "helpers.missing_logger.make"}})
+    with pytest.raises(
+        ConfigError,
+        match=r"logger=mlflow needs a package that is not installed: install lightning-green\[mlflow\]",
+    ):
+        build_loggers(node)
