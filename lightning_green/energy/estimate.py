@@ -45,11 +45,19 @@ def _proc_children(pid: int | str) -> list[str] | None:
     return kids
 
 
-def _stat_cpu_seconds(pid: str) -> float:
+def _stat(pid: str) -> list[str] | None:
+    """/proc/<pid>/stat after the command name (field 3 on): ``[1]`` ppid, ``[11]`` utime,
+    ``[12]`` stime, ``[19]`` start time; ``None`` if the process has exited."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+            return f.read().rsplit(")", 1)[1].split()
     except OSError:
+        return None
+
+
+def _stat_cpu_seconds(pid: str) -> float:
+    fields = _stat(pid)
+    if fields is None:
         return 0.0  # exited between listing and reading: counted via children_* once reaped
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime
 
@@ -113,10 +121,8 @@ class ProcessTree:
         todo = _proc_children("self") or []
         while todo:
             pid = todo.pop()
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
+            fields = _stat(pid)
+            if fields is None:
                 continue
             live[(pid, fields[19])] = ((int(fields[11]) + int(fields[12])) / _CLK_TCK, fields[1])
             todo += _proc_children(pid) or []

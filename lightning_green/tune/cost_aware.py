@@ -195,7 +195,7 @@ class CostAwareSearch(Searcher):
         return out
 
     def propose(self) -> dict[str, Any]:
-        seen = [(c, a, j, e) for c, a, j, e in self.done]
+        seen = self.done
         cands = [self.sample() for _ in range(self.candidates)]
         if len(seen) < max(self.startup, 1):
             # Nothing learnt yet: the only cost known is that energy grows with the epochs, so the

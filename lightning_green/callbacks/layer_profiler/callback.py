@@ -207,7 +207,6 @@ class LayerEnergyProfiler(Callback):
         self._writer_rank = False
         self._rank, self._world = 0, 1
         self._flops_done = False
-        self._replay_negative: list[str] = []
 
     # ------------------------------------------------------------------ set-up
     @override
@@ -332,7 +331,7 @@ class LayerEnergyProfiler(Callback):
     ) -> None:
         if self._timer is None or self.phase(trainer.global_step) != "profiled":
             return
-        meter = self._ensure_meter(trainer)
+        self._ensure_meter(trainer)
         if not self._timer.attached:
             if self._cycle is not None:
                 self._finish_cycle(trainer)
@@ -340,7 +339,6 @@ class LayerEnergyProfiler(Callback):
             self._cycle = {"measured": measured, "hooked": None, "ref": None, "n_hooked": 0, "n_ref": 0,
                            "ov0": self._timer.overhead_s, "ref_open": False}  # fmt: skip
             self._timer.attach(trainer.optimizers)
-        del meter
         self.samples += _batch_size(batch)
         self._timer.begin_step()
 
@@ -367,16 +365,15 @@ class LayerEnergyProfiler(Callback):
             c["n_ref"] += 1
         nxt = self.phase(trainer.global_step)
         if self._timer.attached and nxt != "profiled":
-            self._close_hooked()
+            self._close_hooked(c)
             if nxt == "reference" and c["measured"]:
                 c["ref_open"] = self._begin(_REFERENCE)
         elif c["ref_open"] and nxt != "reference":
             self._finish_cycle(trainer)
 
-    def _close_hooked(self) -> None:
-        assert self._timer is not None and self._cycle is not None
+    def _close_hooked(self, c: dict[str, Any]) -> None:
+        assert self._timer is not None
         self._timer.detach()
-        c = self._cycle
         c["ov"] = self._timer.overhead_s - c["ov0"]
         if c["measured"]:
             c["hooked"] = self._end(_HOOKED)
@@ -388,9 +385,7 @@ class LayerEnergyProfiler(Callback):
         if c is None:
             return
         if self.attached:
-            self._cycle = c
-            self._close_hooked()
-            self._cycle = None
+            self._close_hooked(c)
         if c["ref_open"]:
             c["ref"] = self._end(_REFERENCE)
         hooked, ref, n_h, n_r = c["hooked"], c["ref"], c["n_hooked"], c["n_ref"]
@@ -567,6 +562,7 @@ class LayerEnergyProfiler(Callback):
             methods["allocate"] = dict(attr.allocate_by_time(step_j, step_s, self_s))
         jpc = {k: r.joules_per_call for k, r in self.replays.items()}
         watts: dict[str, float | None] = {}
+        negative: set[str] = set()  # replay: modules whose children alone cost more than they did
         if self.replays and step_j is not None:
             for k, node in nodes.items():
                 r = self.replays.get(k)
@@ -585,7 +581,7 @@ class LayerEnergyProfiler(Callback):
                 k: None if v is None else max(v, 0.0) + opt_s[k] * avg_w  # type: ignore[operator]
                 for k, v in own.items()
             }
-            self._replay_negative = [k for k, v in own.items() if v is not None and v < 0]
+            negative = {k for k, v in own.items() if v is not None and v < 0}
         chosen = methods.get(self.mode)
         self_j: dict[str, float | None] = dict(chosen) if chosen is not None else dict.fromkeys(nodes)
         total_j = attr.subtree_totals(self_j, {k: v.children for k, v in nodes.items()})
@@ -599,7 +595,6 @@ class LayerEnergyProfiler(Callback):
             else ""
         )
         no_figure = "no profiling window was measured: " + ("; ".join(self.problems) or "none ran")
-        negative = set(self._replay_negative)
         rows = []
         for k, node in nodes.items():
             j = self_j.get(k)
