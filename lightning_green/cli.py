@@ -10,6 +10,7 @@ COMMANDS = {
     "profile": "profile a model's energy per layer and layer type (Hydra overrides follow)",
     "tune": "a Ray Tune study: tune/strategy=grid|random|bayes|multi (Hydra overrides follow)",
     "compare": "run every search strategy on the same budget and compare them",
+    "carbon": "look up grid carbon intensity by place: lightning-green carbon DE aws:eu-west-1 (all: no args)",
 }
 
 
@@ -86,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         from lightning_green.tune_cli import compare_main
 
         compare_main()
+    elif command == "carbon":
+        from lightning_green.energy.grid import carbon_main
+
+        return carbon_main(rest)
     return 0
 
 

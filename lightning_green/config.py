@@ -20,7 +20,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from lightning_green._checks import UserInputError
 from lightning_green.energy import DEFAULT_WATTS_PER_CORE, MeterUnavailableError
-from lightning_green.energy.carbon import DEFAULT_INTENSITY_G_PER_KWH, DEFAULT_PUE
+from lightning_green.energy.carbon import DEFAULT_CARBON_INTENSITY, DEFAULT_PUE
 from lightning_green.energy.rapl import DEFAULT_ROOT as DEFAULT_RAPL_ROOT
 
 CONF_DIR = Path(__file__).parent / "conf"
@@ -135,7 +135,10 @@ class AdamSchema:
 @dataclass
 class EnergySchema:
     backend: str = "auto"
-    carbon_intensity_g_per_kwh: float = DEFAULT_INTENSITY_G_PER_KWH
+    carbon_intensity: Any = DEFAULT_CARBON_INTENSITY
+    carbon_live: str | None = None
+    carbon_live_url: str | None = None
+    carbon_intensity_g_per_kwh: float | None = None  # deprecated: carbon_intensity
     pue: float = DEFAULT_PUE
     watts_per_core: float = DEFAULT_WATTS_PER_CORE
     rapl_root: str = DEFAULT_RAPL_ROOT

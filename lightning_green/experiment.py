@@ -134,6 +134,7 @@ def run_training(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = No
         total_j=end["total_j"],
         total_kwh=end["total_kwh"],
         co2e_g=end["co2e_g"],
+        carbon={**end["carbon"], "effective_g_per_kwh": end["carbon_intensity_g_per_kwh"], "pue": end["pue"]},
         seconds=time.monotonic() - t0,
         train_seconds=end["stage_s"].get("train", 0.0),
         params=count_params(run.module.net),

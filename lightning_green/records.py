@@ -75,6 +75,10 @@ class WindowRecord:
     interrupted: str | None = None
     #: Energy above the devices' idle baseline, in joules; ``None`` when no baseline applies.
     dynamic_j: float | None = None
+    #: Grams of CO2e of this window: kWh x PUE x the intensity in ``carbon`` (``None`` in old files).
+    co2e_g: float | None = None
+    #: The grid intensity in force when the window closed: ``g_per_kwh``, ``place``, ``method``, ``at``.
+    carbon: dict[str, Any] | None = None
     kind: str = "window"
     schema: int = SCHEMA_VERSION
 
@@ -482,6 +486,8 @@ class RunRecord:
     dynamic_j: float | None = None
     #: Where and how it computed: host, threads, cpus, load average at start and end, other_load.
     machine: dict[str, Any] = field(default_factory=dict)
+    #: The grid intensity used for ``co2e_g``: place, name, source, year, scope, method, covers.
+    carbon: dict[str, Any] = field(default_factory=dict)
     kind: str = "run"
     schema: int = SCHEMA_VERSION
 

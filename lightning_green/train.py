@@ -33,6 +33,14 @@ def print_summary(record: RunRecord, output_dir: str) -> None:
     table.add_row("test accuracy", f"{record.test_acc:.4f}" if record.test_acc is not None else "-")
     table.add_row("training energy", f"{record.energy_j:,.1f} J ({record.energy_j / JOULES_PER_KWH:.3g} kWh)")
     table.add_row("total energy (with test)", f"{record.total_j:,.1f} J, {record.co2e_g:.3g} g CO2e")
+    if record.carbon:
+        c = record.carbon
+        year = f", {c['year']}" if c.get("year") else ""
+        table.add_row(
+            "carbon intensity",
+            f"{c['effective_g_per_kwh']:.1f} g/kWh x PUE {c['pue']:g}: {c['place']} ({c['name']}{year}; "
+            f"{c['method']}; {c['source']})",
+        )
     table.add_row("source", ", ".join(f"{d}: {s}" for d, s in record.sources.items()))
     table.add_row("complete", "yes" if record.complete else "NO: a counter failed, see energy.jsonl")
     table.add_row("time", f"{record.seconds:.1f} s ({record.epochs} epochs)")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from helpers.grid_server import grid_server
 
 from lightning_green.records import read_run, read_windows
 
@@ -233,13 +234,21 @@ def test_train_logs_energy_to_mlflow_beside_csv(tmp_path: Path):
     from mlflow.tracking import MlflowClient
 
     run_dir = tmp_path / "ml"
-    r = cli("train", "logger=[csv,mlflow]", *TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    # with live GB intensity from a loopback server in the Carbon Intensity API's format
+    with grid_server([150.0]) as (server, url):
+        r = cli("train", "logger=[csv,mlflow]", *TINY, f"hydra.run.dir={run_dir}", "energy.carbon_live=uk:13",
+                f"energy.carbon_live_url={url}", cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
+    assert server.requests and set(server.requests) == {"/regional/regionid/13"}
+    assert "150.0 g/kWh" in r.stdout and "live:uk-carbon-intensity" in r.stdout  # said on the console
+    carbon = read_run(run_dir).carbon
+    assert carbon["place"] == "GB-region-13" and carbon["effective_g_per_kwh"] == pytest.approx(150.0)
     assert (run_dir / "metrics.csv").is_file()  # the CSV logger too
     client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("lightning-green").experiment_id])
     stored = run.data.metrics
     assert stored["energy/total_j"] > 0 and "energy/train_epoch_j" in stored
+    assert stored["carbon/intensity_g_per_kwh"] == 150.0
     # the last value logged is after the test run: the run's total
     assert stored["energy/total_j"] == pytest.approx(read_run(run_dir).total_j, rel=0.05)
     assert not (tmp_path / "mlruns").exists()  # nothing written outside the run folder

@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 
 from lightning_green.config import CONF_DIR, ConfigError, build, check_trainer
 from lightning_green.data import DatasetNotFoundError, TorchvisionDataModule
+from lightning_green.energy.grid import lookup
 from lightning_green.experiment import build_run
 
 GROUPS = {
@@ -136,10 +137,9 @@ def test_missing_dataset_says_where_it_looked(tmp_path: Path):
         ("data.batch_size=0", r"data\.batch_size must be an integer >= 1"),
         # NaN, infinity and out-of-range numbers, in every numeric field the tree hands on
         ("energy.pue=nan", r"energy\.pue must be a finite number >= 1"),
-        (
-            "energy.carbon_intensity_g_per_kwh=inf",
-            r"energy\.carbon_intensity_g_per_kwh must be a finite number",
-        ),
+        ("energy.carbon_intensity=inf", r"energy\.carbon_intensity must be a finite number"),
+        ("energy.carbon_intensity=Atlantis", r"energy\.carbon_intensity must be gCO2e/kWh .*got 'Atlantis'"),
+        ("energy.carbon_live=wind", r"energy\.carbon_live must be null, uk, uk:<GB region id 1-17>"),
         ("energy.watts_per_core=inf", r"energy\.watts_per_core must be a finite number > 0"),
         ("optimizer.lr=inf", r"optimizer\.lr must be a finite number > 0"),
         ("energy.budget_j=nan", r"energy\.budget_j must be a finite number > 0"),
@@ -195,7 +195,7 @@ USER_PROJECT_FILE = """\
 energy_monitor:
   _target_: lightning_green.EnergyMonitor
   output_dir: ${paths.output_dir}
-  carbon_intensity_g_per_kwh: 56.0
+  carbon_intensity: FR
 """
 
 
@@ -218,7 +218,9 @@ def test_a_users_own_hydra_project_adds_the_callback_from_a_copied_file(tmp_path
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]  # as lightning-hydra-template does
     Trainer(max_epochs=1, callbacks=callbacks, logger=False, enable_progress_bar=False,
             enable_checkpointing=False).fit(LitClassifier(SimpleCNN(conv_layers=1)), datamodule=DigitsDataModule())  # fmt: skip
-    assert read_summary(tmp_path / "out")["carbon_intensity_g_per_kwh"] == 56.0
+    summary = read_summary(tmp_path / "out")
+    assert summary["carbon"]["place"] == "FR" and summary["carbon"]["method"] == "table"
+    assert summary["co2e_g"] == pytest.approx(summary["total_kwh"] * lookup("FR").g_per_kwh)
 
 
 def test_several_loggers_and_a_missing_logger_package(tmp_path: Path):

@@ -164,7 +164,10 @@ def test_failing_meter_warns_once_and_training_goes_on(tmp_path: Path):
     ("kwargs", "field"),
     [
         ({"backend": "gpu"}, "backend"),
-        ({"carbon_intensity_g_per_kwh": -5}, "carbon_intensity_g_per_kwh"),
+        ({"carbon_intensity": -5}, "carbon_intensity"),
+        ({"carbon_intensity": "Germny"}, "carbon_intensity must be .*close: GERMANY"),
+        ({"carbon_intensity": True}, "carbon_intensity"),
+        ({"carbon_live": "solar"}, "carbon_live must be"),
         ({"pue": 0.5}, "pue"),
         ({"watts_per_core": 0}, "watts_per_core"),
     ],

@@ -197,7 +197,7 @@ def test_valid_records_still_read(tmp_path: Path):
 @pytest.mark.parametrize(
     ("factory", "field"),
     [
-        (lambda: EnergyMonitor(carbon_intensity_g_per_kwh=math.nan), "carbon_intensity_g_per_kwh"),
+        (lambda: EnergyMonitor(carbon_intensity=math.nan), "carbon_intensity"),
         (lambda: EnergyMonitor(pue=math.inf), "pue"),
         (lambda: EnergyMonitor(pue=True), "pue"),
         (lambda: EnergyMonitor(watts_per_core=math.inf), "watts_per_core"),

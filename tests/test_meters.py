@@ -250,10 +250,10 @@ def test_zeus_backend_without_hardware_is_unavailable_not_silent(tmp_path: Path)
 
 
 def test_carbon_conversion_and_validation():
-    c = CarbonModel(intensity_g_per_kwh=400.0, pue=1.5)
+    c = CarbonModel(400.0, pue=1.5)
     assert c.kwh(3.6e6) == 1.0
     assert c.co2e_g(3.6e6) == pytest.approx(600.0)
-    with pytest.raises(ValueError, match="carbon_intensity_g_per_kwh"):
+    with pytest.raises(ValueError, match="carbon_intensity must be"):
         CarbonModel(-1.0)
     with pytest.raises(ValueError, match="pue"):
         CarbonModel(400.0, 0.9)

@@ -17,16 +17,17 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_deprecation, rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_green._checks import check_bool, check_int, check_number
 from lightning_green.callbacks.forecast import FitForecaster, Forecast
 from lightning_green.callbacks.placement import default_output_dir, own_gpus
 from lightning_green.callbacks.publish import publish
-from lightning_green.energy import DEFAULT_WATTS_PER_CORE, CarbonModel, Meter, Reading, make_meter
+from lightning_green.energy import DEFAULT_WATTS_PER_CORE, Meter, Reading, make_meter
 from lightning_green.energy.baseline import IdleBaseline, apply_baseline, given_baseline, measure_idle
-from lightning_green.energy.carbon import DEFAULT_INTENSITY_G_PER_KWH, DEFAULT_PUE
+from lightning_green.energy.carbon import COVERS, DEFAULT_CARBON_INTENSITY, DEFAULT_PUE, CarbonModel
+from lightning_green.energy.grid import IntensityProvider
 from lightning_green.energy.rapl import DEFAULT_ROOT
 from lightning_green.energy.reading import DomainEnergy, merge_parallel, merge_readings
 from lightning_green.energy.select import check_backend
@@ -64,7 +65,9 @@ class EnergyMonitor(Callback):
       train, validation, test) plus, when logged at validation, the training of the epoch so far;
       continued across checkpoint resumes. Set-up outside the windows is not counted.
     - ``energy/total_kwh``: the same in kilowatt-hours.
-    - ``energy/co2e_g``: grams of CO2-equivalent: ``total_kwh x pue x carbon_intensity_g_per_kwh``.
+    - ``energy/co2e_g``: grams of CO2-equivalent: the sum over windows of ``kWh x pue x`` the grid
+      intensity in force when the window closed (see ``carbon_intensity``).
+    - ``carbon/intensity_g_per_kwh``: that intensity, in gCO2e per kWh.
     - ``energy/forecast_fit_j``: the predicted energy of the whole fit, in joules, logged after
       each train epoch and once inside the first epoch (or every ``forecast_every_n_steps``
       batches): energy so far + training energy per batch measured after a warm-up of
@@ -96,7 +99,10 @@ class EnergyMonitor(Callback):
     Args:
         backend: ``"auto"`` (default), ``"zeus"``, ``"nvml"``, ``"rapl"`` or ``"estimate"``.
         output_dir: Where records go. Default: the logger's log dir, else ``./lightning_green_logs``.
-        carbon_intensity_g_per_kwh: Grid carbon intensity (default 475, IEA 2019 world average).
+        carbon_intensity: Grid carbon intensity: gCO2e/kWh, a place of the packaged table (a country
+            ``"DE"``, a grid region ``"US-CA"``, a cloud region ``"aws:eu-west-1"``) or a live
+            :class:`~lightning_green.energy.grid.IntensityProvider`. Default ``"WORLD"``: 475,
+            the IEA's 2019 world average. Records and the summary say which value and source.
         pue: Power usage effectiveness of the facility, >= 1 (default 1.0: the devices alone).
         watts_per_core: Watts per busy core for the CPU-time estimate (default 12, Green Algorithms).
         rapl_root: The powercap sysfs tree to read (default ``/sys/class/powercap``).
@@ -113,6 +119,11 @@ class EnergyMonitor(Callback):
             dynamic energy off). Skipped when only estimates are read. A warning is given when
             the device looked busy (another process on the GPU, CPU load).
         idle_w: Idle watts per channel to use as is instead of measuring, e.g. ``{"gpu:0": 80.0}``.
+        carbon_live: A live provider by name: ``"uk"`` or ``"uk:13"`` (GB, Carbon Intensity API, no
+            key), ``"electricitymaps"`` or ``"electricitymaps:DE"`` (``$ELECTRICITYMAPS_API_KEY``).
+            Offline or failing, the table value of ``carbon_intensity``'s place is used, and said.
+        carbon_live_url: The live API's root URL (a proxy, a mirror, a test server).
+        carbon_intensity_g_per_kwh: Deprecated name of ``carbon_intensity`` (a number).
 
     Raises:
         ValueError: On an unknown backend, a negative, NaN or infinite carbon intensity, a PUE
@@ -139,7 +150,7 @@ class EnergyMonitor(Callback):
         self,
         backend: str = "auto",
         output_dir: str | os.PathLike[str] | None = None,
-        carbon_intensity_g_per_kwh: float = DEFAULT_INTENSITY_G_PER_KWH,
+        carbon_intensity: float | str | IntensityProvider = DEFAULT_CARBON_INTENSITY,
         pue: float = DEFAULT_PUE,
         watts_per_core: float = DEFAULT_WATTS_PER_CORE,
         rapl_root: str | os.PathLike[str] = DEFAULT_ROOT,
@@ -150,6 +161,9 @@ class EnergyMonitor(Callback):
         meter: Meter | None = None,
         baseline_s: float = 2.0,
         idle_w: dict[str, float] | None = None,
+        carbon_live: str | None = None,
+        carbon_live_url: str | None = None,
+        carbon_intensity_g_per_kwh: float | None = None,
     ) -> None:
         check_backend(backend)
         self.baseline_s = check_number("baseline_s", baseline_s, minimum=0.0, unit="seconds")
@@ -166,7 +180,12 @@ class EnergyMonitor(Callback):
         )
         check_bool("log", log)
         self.watts_per_core = check_number("watts_per_core", watts_per_core, above=0.0, unit="watts")
-        self.carbon = CarbonModel(carbon_intensity_g_per_kwh, pue)
+        if carbon_intensity_g_per_kwh is not None:
+            if carbon_intensity != DEFAULT_CARBON_INTENSITY:
+                raise ValueError("give carbon_intensity or its old name carbon_intensity_g_per_kwh, not both")
+            rank_zero_deprecation("EnergyMonitor(carbon_intensity_g_per_kwh=) is now carbon_intensity=")
+            carbon_intensity = carbon_intensity_g_per_kwh
+        self.carbon = CarbonModel(carbon_intensity, pue, live=carbon_live, live_url=carbon_live_url)
         self.backend = backend
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.rapl_root = rapl_root
@@ -192,6 +211,7 @@ class EnergyMonitor(Callback):
 
     def _reset_totals(self) -> None:
         self.total_j = 0.0
+        self.total_co2e_g = 0.0
         self.stage_j: dict[str, float] = {}
         self.stage_s: dict[str, float] = {}
         self.sources: dict[str, str] = {}
@@ -230,6 +250,7 @@ class EnergyMonitor(Callback):
             self.ended_by = None
         if self.meter is not None:
             return
+        self.carbon.provider.start()  # a live provider's first fetch (bounded by its timeout)
         self._world_size = trainer.world_size
         self.meter = self._user_meter or make_meter(
             self.backend,
@@ -318,6 +339,7 @@ class EnergyMonitor(Callback):
         self._paused_train = False
 
     def _release(self) -> None:
+        self.carbon.provider.close()
         if self._writer is not None:
             self._writer.close()
         meter, self.meter = self.meter, None
@@ -422,6 +444,9 @@ class EnergyMonitor(Callback):
     ) -> None:
         j = reading.joules
         self.total_j += j
+        intensity = self.carbon.current()  # in force as the window closes
+        co2e_g = self.carbon.co2e_g(j, intensity)
+        self.total_co2e_g += co2e_g
         if stage == _TRAIN:
             self._fit_train_j += j
         elif stage == _VAL:
@@ -459,6 +484,8 @@ class EnergyMonitor(Callback):
                 global_step=trainer.global_step,
                 world_size=self._world_size,
             )
+            record.co2e_g = co2e_g
+            record.carbon = {k: getattr(intensity, k) for k in ("g_per_kwh", "place", "method", "at")}
             if interrupted is not None:
                 record.complete = False
                 record.interrupted = interrupted
@@ -473,12 +500,15 @@ class EnergyMonitor(Callback):
             return
         # The running total includes the training of the epoch so far (paused around validation),
         # so a tool reading it at validation end (Ray's callbacks, EarlyStopping) sees every joule.
-        total = self.total_j + self._paused_train_j()
+        pending = self._paused_train_j()
+        total = self.total_j + pending
+        intensity = self.carbon.current()
         metrics = {
             **metrics,
             "energy/total_j": total,
             "energy/total_kwh": self.carbon.kwh(total),
-            "energy/co2e_g": self.carbon.co2e_g(total),
+            "energy/co2e_g": self.total_co2e_g + self.carbon.co2e_g(pending, intensity),
+            "carbon/intensity_g_per_kwh": intensity.g_per_kwh,
             "energy/complete": float(reading.complete),
         }
         if self.baseline is not None and self.total_dynamic_j is not None:
@@ -669,8 +699,9 @@ class EnergyMonitor(Callback):
             "assumptions": meter.assumptions if meter is not None else {},
             "total_j": self.total_j,
             "total_kwh": self.carbon.kwh(self.total_j),
-            "co2e_g": self.carbon.co2e_g(self.total_j),
-            "carbon_intensity_g_per_kwh": self.carbon.intensity_g_per_kwh,
+            "co2e_g": self.total_co2e_g,
+            "carbon_intensity_g_per_kwh": self._effective_intensity(),
+            "carbon": {**self.carbon.current().to_dict(), "covers": COVERS},
             "pue": self.carbon.pue,
             "stage_j": dict(self.stage_j),
             "stage_s": dict(self.stage_s),
@@ -702,6 +733,11 @@ class EnergyMonitor(Callback):
             ),
         }
 
+    def _effective_intensity(self) -> float:
+        """The energy-weighted intensity of the run: ``co2e / (kWh x PUE)`` (the current one before any energy)."""
+        kwh = self.carbon.kwh(self.total_j) * self.carbon.pue
+        return self.total_co2e_g / kwh if kwh > 0 else self.carbon.intensity_g_per_kwh
+
     def _write_summary(self, finished: bool) -> None:
         if not (self._is_writer and self.output_dir is not None):
             return
@@ -726,6 +762,7 @@ class EnergyMonitor(Callback):
             "run_id": self.run_id,
             "resumed_from": list(self.resumed_from),
             "total_j": self.total_j + pending,
+            "total_co2e_g": self.total_co2e_g + self.carbon.co2e_g(pending),
             "stage_j": {**self.stage_j, _TRAIN: self.stage_j.get(_TRAIN, 0.0) + pending},
             "stage_s": dict(self.stage_s),
             "sources": dict(self.sources),
@@ -746,6 +783,8 @@ class EnergyMonitor(Callback):
         self.resumed_from = [r for r in lineage if r != self.run_id]
         self.carried_j = float(state_dict["total_j"])
         self.total_j = float(state_dict["total_j"])
+        # Checkpoints from before per-window carbon carry no CO2e: their energy at today's intensity.
+        self.total_co2e_g = float(state_dict.get("total_co2e_g", self.carbon.co2e_g(self.total_j)))
         self.stage_j = dict(state_dict["stage_j"])
         self.stage_s = dict(state_dict["stage_s"])
         self.sources = dict(state_dict["sources"])

@@ -1,38 +1,55 @@
 """Energy to kWh and CO2-equivalent.
 
-``kWh = joules / 3.6e6``; ``CO2e (g) = kWh x PUE x carbon intensity (g/kWh)``.
+``kWh = joules / 3.6e6``; ``CO2e (g) = kWh x PUE x carbon intensity (g/kWh)``, with the intensity
+in force when each window closed (a number, a place of the packaged table, or a live provider:
+see :mod:`lightning_green.energy.grid`). Operational emissions only: embodied carbon (making the
+hardware) is not included.
 
-Defaults: 475 gCO2e/kWh, the IEA's 2019 world-average electricity carbon intensity (IEA, Global
-Energy & CO2 Status Report 2019, also CodeCarbon's world default), and PUE 1.0 (no facility
-overhead: the figure is for the measured devices alone; the Uptime Institute's 2023 survey puts
-the average data-centre PUE at 1.58).
+Defaults: ``"WORLD"``, 475 gCO2e/kWh, the IEA's 2019 world-average electricity carbon intensity
+(IEA, Global Energy & CO2 Status Report 2019, also CodeCarbon's world default), and PUE 1.0 (no
+facility overhead: the figure is for the measured devices alone; the Uptime Institute's 2023
+survey puts the average data-centre PUE at 1.58).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lightning_green._checks import check_number
+from lightning_green.energy.grid import DEFAULT_PLACE, Intensity, IntensityProvider, make_intensity
 
 DEFAULT_INTENSITY_G_PER_KWH = 475.0
+DEFAULT_CARBON_INTENSITY = DEFAULT_PLACE
 DEFAULT_PUE = 1.0
 JOULES_PER_KWH = 3.6e6
+COVERS = (
+    "operational emissions of the measured energy: kWh x PUE x grid intensity in force when each window "
+    "closed; embodied carbon (making the hardware) and facility overhead beyond PUE are not included"
+)
 
 
 @dataclass(frozen=True)
 class CarbonModel:
     """Converts joules to kWh and grams of CO2e.
 
+    ``intensity``: gCO2e/kWh, a place (``"DE"``, ``"aws:eu-west-1"``) or an
+    :class:`~lightning_green.energy.grid.IntensityProvider`; ``live``: ``"uk"``, ``"electricitymaps"``...
+
     Raises:
-        ValueError: If ``intensity_g_per_kwh`` is negative or ``pue`` is below 1.
+        ValueError: If the intensity is negative or unknown, or ``pue`` is below 1.
     """
 
-    intensity_g_per_kwh: float = DEFAULT_INTENSITY_G_PER_KWH
+    intensity: float | str | IntensityProvider = DEFAULT_CARBON_INTENSITY
     pue: float = DEFAULT_PUE
+    live: str | None = None
+    live_url: str | None = None
+    provider: IntensityProvider = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        check_number(
-            "carbon_intensity_g_per_kwh", self.intensity_g_per_kwh, minimum=0.0, unit="gCO2e per kWh"
+        object.__setattr__(
+            self,
+            "provider",
+            make_intensity(self.intensity, self.live, self.live_url, name="carbon_intensity"),
         )
         check_number("pue", self.pue, minimum=1.0, unit="facility energy / IT energy")
 
@@ -40,5 +57,14 @@ class CarbonModel:
     def kwh(joules: float) -> float:
         return joules / JOULES_PER_KWH
 
-    def co2e_g(self, joules: float) -> float:
-        return self.kwh(joules) * self.pue * self.intensity_g_per_kwh
+    def current(self) -> Intensity:
+        """The intensity in force now."""
+        return self.provider.current()
+
+    @property
+    def intensity_g_per_kwh(self) -> float:
+        return self.current().g_per_kwh
+
+    def co2e_g(self, joules: float, intensity: Intensity | None = None) -> float:
+        g_per_kwh = (intensity or self.current()).g_per_kwh
+        return self.kwh(joules) * self.pue * g_per_kwh
