@@ -10,6 +10,7 @@ import pytest
 MODULES = [
     "lightning_green.energy",
     "lightning_green.energy.base",
+    "lightning_green.energy.grid",
     "lightning_green.records",
     "lightning_green.callbacks.energy_monitor",
     "lightning_green.callbacks.layer_profiler.callback",
