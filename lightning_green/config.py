@@ -314,7 +314,7 @@ def build(group: str, node: DictConfig, **kwargs: Any) -> Any:
 
 
 #: The extra that provides a logger's package (``pip install lightning-green[<extra>]``).
-LOGGER_EXTRAS = {"mlflow": "mlflow"}
+LOGGER_EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}
 
 
 def build_loggers(node: DictConfig | None) -> list[Any] | bool:

@@ -230,14 +230,16 @@ def test_profile_command_and_profiler_switched_on_from_config(tmp_path: Path):
         assert any(row.get("layer_energy/Conv_j") for row in csv.DictReader(f))
 
 
-def test_train_logs_energy_to_mlflow_beside_csv(tmp_path: Path):
+def test_train_logs_energy_to_mlflow_and_wandb_beside_csv(tmp_path: Path):
+    from helpers.wandb_offline import history
     from mlflow.tracking import MlflowClient
 
     run_dir = tmp_path / "ml"
     # with live GB intensity from a loopback server in the Carbon Intensity API's format
     with grid_server([150.0]) as (server, url):
-        r = cli("train", "logger=[csv,mlflow]", *TINY, f"hydra.run.dir={run_dir}", "energy.carbon_live=uk:13",
-                f"energy.carbon_live_url={url}", cwd=tmp_path)  # fmt: skip
+        r = cli("train", "logger=[csv,mlflow,wandb]", "logger.wandb.offline=true", *TINY,
+                f"hydra.run.dir={run_dir}", "energy.carbon_live=uk:13", f"energy.carbon_live_url={url}",
+                cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert server.requests and set(server.requests) == {"/regional/regionid/13"}
     assert "150.0 g/kWh" in r.stdout and "live:uk-carbon-intensity" in r.stdout  # said on the console
@@ -252,3 +254,10 @@ def test_train_logs_energy_to_mlflow_beside_csv(tmp_path: Path):
     # the last value logged is after the test run: the run's total
     assert stored["energy/total_j"] == pytest.approx(read_run(run_dir).total_j, rel=0.05)
     assert not (tmp_path / "mlruns").exists()  # nothing written outside the run folder
+    # W&B, offline: read back what it stored in its run log
+    (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
+    logged = [row for row in history(wandb_run) if "energy/total_j" in row]
+    assert logged and logged[-1]["energy/total_j"] == pytest.approx(stored["energy/total_j"])
+    assert logged[-1]["carbon/intensity_g_per_kwh"] == 150.0
+    assert any("energy/train_epoch_j" in row for row in logged)
+    assert not (tmp_path / "wandb").exists()
