@@ -50,6 +50,28 @@ def _launcher_problem(args: list[str]) -> str | None:
     return None
 
 
+NULLS = ("null", "none", "false", "~")
+
+
+def _group_nulls(args: list[str]) -> tuple[list[str], str | None]:
+    """``logger=null`` (``none``, ``false``) means no logger: Hydra's ``~logger``. Any other config
+    group set to null is said in one line (Hydra would raise a traceback from its defaults list)."""
+    from lightning_green.config import CONF_DIR
+
+    out = []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        group = key.lstrip("+")
+        if eq and value.strip().lower() in NULLS and (CONF_DIR / group).is_dir() and "." not in group:
+            if group == "logger":
+                out.append("~logger")
+                continue
+            choices = ", ".join(sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")))
+            return args, f"{group}={value}: the {group} group needs one of {choices}"
+        out.append(arg)
+    return out, None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -60,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lightning-green: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     problem = _launcher_problem(rest)
+    if command != "report" and problem is None:
+        rest, problem = _group_nulls(rest)
     if problem:
         print(f"lightning-green: {problem}", file=sys.stderr)
         return 2

@@ -33,6 +33,15 @@ def test_non_finite_config_value_is_one_line_before_training(tmp_path: Path):
     assert not (tmp_path / "run" / "energy.jsonl").exists()
 
 
+def test_a_config_group_set_to_null(tmp_path: Path):
+    r = cli("train", "model=null", cwd=tmp_path)
+    _one_line_error(r, "model=null: the model group needs one of cnn,")
+    # logger=null is what a Lightning user writes for "no logger": Hydra's ~logger
+    from lightning_green.cli import _group_nulls
+
+    assert _group_nulls(["logger=null", "trainer.logger=x"]) == (["~logger", "trainer.logger=x"], None)
+
+
 def test_unusable_backend_and_missing_dataset_are_one_line(tmp_path: Path):
     r = cli("train", "energy.backend=rapl", f"energy.rapl_root={tmp_path / 'none'}", *TINY, cwd=tmp_path)
     _one_line_error(r, "energy.backend=rapl", "energy.backend=auto")
