@@ -68,7 +68,7 @@ def test_train_single_run_writes_records_and_summary(tmp_path: Path):
     assert (tmp_path / "run" / "metrics.csv").is_file()  # the default CSV logger, in the run folder
 
 
-def test_multirun_then_report(tmp_path: Path):
+def test_multirun_then_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     sweep = tmp_path / "sweep"
     r = cli("train", "-m", "model.conv_layers=1,2", "model.linear_layers=1,2", *TINY, f"hydra.sweep.dir={sweep}",
             cwd=tmp_path)  # fmt: skip
@@ -116,6 +116,28 @@ def test_multirun_then_report(tmp_path: Path):
         rows = {r["run"]: r for r in csv.DictReader(f)}
     assert rows["2"]["status"].startswith("partial") and float(rows["2"]["energy_j"]) > 0
     assert rows["2"]["model.conv_layers"] == "2" and rows["0"]["status"] == "finished"
+
+    # named runs and folders of runs side by side (in-process: the same main the CLI calls)
+    from lightning_green.report.cli import main as report_main
+    from lightning_green.report.runs import load_runs, point_label
+
+    cmp = tmp_path / "cmp"
+    assert report_main([str(sweep / "0"), str(sweep / "3"), str(one), "--out", str(cmp)]) == 0
+    printed = capsys.readouterr().out
+    assert "| run |" in printed and str(cmp / "summary.csv") in printed  # the table on the console too
+    with open(cmp / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == [str(sweep / "0"), str(sweep / "3"), f"{one}/0", f"{one}/2"]
+    assert [r["status"][:7] for r in rows] == ["finishe", "finishe", "finishe", "partial"]
+    assert (cmp / "accuracy_vs_energy.png").stat().st_size > 0
+    # plots label points by the swept values, not by run folder
+    df = load_runs(sweep)
+    assert (
+        point_label(df.iloc[3], ["model.conv_layers", "model.linear_layers"])
+        == "conv_layers=2, linear_layers=2"
+    )
+    assert report_main([str(sweep), str(tmp_path / "nope")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
 
 
 def test_invalid_override_fails_before_training(tmp_path: Path):

@@ -262,6 +262,7 @@ def plot_runs(df: pd.DataFrame, out: Path, effects: pd.DataFrame | None) -> list
     plt = pyplot()
 
     paths = []
+    factors = swept_factors(df)
     acc = df["test_acc"].fillna(df["val_acc"]).astype(float)
     en = df["energy_j"].astype(float)
     mask = pareto_mask(acc, en)
@@ -270,7 +271,7 @@ def plot_runs(df: pd.DataFrame, out: Path, effects: pd.DataFrame | None) -> list
     front = sorted(zip(en[mask], acc[mask], strict=True))
     ax.plot([p[0] for p in front], [p[1] for p in front], "o-", c="tab:green", label="Pareto front")
     for (_, row), a, e in zip(df.iterrows(), acc, en, strict=True):
-        ax.annotate(row["run"], (e, a), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(point_label(row, factors), (e, a), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel(f"training energy (J, {_source_word(df)})")
     ax.set_ylabel("accuracy")
     ax.set_title("Accuracy vs energy")
@@ -280,7 +281,6 @@ def plot_runs(df: pd.DataFrame, out: Path, effects: pd.DataFrame | None) -> list
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
 
-    factors = swept_factors(df)
     if factors:
         fig, axes = plt.subplots(1, len(factors), figsize=(3.2 * len(factors), 3.5), squeeze=False)
         for ax, f in zip(axes[0], factors, strict=True):
@@ -299,6 +299,12 @@ def plot_runs(df: pd.DataFrame, out: Path, effects: pd.DataFrame | None) -> list
     return paths
 
 
+def point_label(row: pd.Series, factors: list[str]) -> str:
+    """A run's label on a plot: its swept values (``conv_layers=4, lr=0.001``), else its folder."""
+    parts = [f"{f.rsplit('.', 1)[-1]}={row[f]}" for f in factors if pd.notna(row[f])]
+    return ", ".join(parts) if parts else str(row["run"])
+
+
 def _source_word(df: pd.DataFrame) -> str:
     s = " ".join(df["source"])
     if "estimated" in s and "measured" in s:
@@ -306,10 +312,24 @@ def _source_word(df: pd.DataFrame) -> str:
     return "estimated" if "estimated" in s else "measured"
 
 
-def report_runs(root: str | Path, out: str | Path | None = None) -> list[Path]:
-    root = Path(root)
-    out = Path(out) if out else root
-    df = load_runs(root)
+def load_named_runs(roots: list[Path]) -> pd.DataFrame:
+    """:func:`load_runs` of several folders side by side; ``run`` is named by the folder as given
+    (``A``, ``B/3``). Override keys that only some folders have are factors only where they vary."""
+    frames = []
+    for root in roots:
+        df = load_runs(root)
+        df["run"] = [str(root) if r == "." else f"{root}/{r}" for r in df["run"]]
+        frames.append(df)
+    df = pd.concat(frames, ignore_index=True)
+    factors = swept_factors(df)
+    return df[["run", *factors, *COLUMNS]]
+
+
+def report_runs(root: str | Path | list[Path], out: str | Path | None = None) -> list[Path]:
+    """``summary.csv``/``.md`` and plots of one run folder (or multirun), or of several side by side."""
+    roots = [Path(r) for r in root] if isinstance(root, list) else [Path(root)]
+    out = Path(out) if out else roots[0]
+    df = load_runs(roots[0]) if len(roots) == 1 else load_named_runs(roots)
     finished = df[df["status"] == "finished"]
     factors = swept_factors(finished) if not finished.empty else []
     effects = (
