@@ -13,7 +13,15 @@ from lightning_green.callbacks import (
     EnergyEfficientStopping,
     EnergyMonitor,
     LayerEnergyProfiler,
+    StopAtTarget,
 )
 
 __version__ = "0.1.0"
-__all__ = ["EnergyBudget", "EnergyEfficientStopping", "EnergyMonitor", "LayerEnergyProfiler", "__version__"]
+__all__ = [
+    "EnergyBudget",
+    "EnergyEfficientStopping",
+    "EnergyMonitor",
+    "LayerEnergyProfiler",
+    "StopAtTarget",
+    "__version__",
+]

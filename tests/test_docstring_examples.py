@@ -17,6 +17,7 @@ MODULES = [
     "lightning_green.callbacks.forecast",
     "lightning_green.callbacks.energy_budget",
     "lightning_green.callbacks.energy_efficient_stopping",
+    "lightning_green.callbacks.stop_at_target",
     "lightning_green.callbacks.progress",
 ]
 

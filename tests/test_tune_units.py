@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import tempfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -251,3 +253,103 @@ def test_cost_aware_searcher_prefers_cheap_likely_configurations():
     assert s.suggest("t9") == {"model": {"width": s.live["t9"]["model.width"]}}
     fresh = CostAwareSearch(params, "val_acc", "energy_j", 0.9, 0.95, default_epochs=1, startup=0, seed=0)
     assert 1 <= fresh.propose()["model.width"] <= 100  # nothing seen yet, even with no start-up trials
+
+
+def test_cost_aware_uses_model_flops_for_compact_features_and_a_cheap_start():
+    import numpy as np
+
+    from lightning_green.tune.cost_aware import (
+        CostAwareSearch,
+        cost_features,
+        prior_log_cost,
+        success_features,
+    )
+
+    params = [Param("optimizer.lr", "loguniform", 1e-4, 1e-1), Param("model.width", "int", 1, 8),
+              Param("data.batch_size", "choice", values=(16, 256)),
+              Param("trainer.precision", "choice", values=("32-true", "bf16-mixed"))]  # fmt: skip
+    config = {"optimizer.lr": 1e-2, "model.width": 4, "data.batch_size": 16, "trainer.precision": "32-true"}
+    flops = 1000.0 * 4
+    # cost follows size and steps, not the learning rate: log FLOPs, log batch, precision one-hot
+    assert cost_features(params, config, flops).tolist() == pytest.approx(
+        [math.log(4000), math.log(16), 1, 0]
+    )
+    # success: size and steps, then what is outside the model (lr, precision); no width one-hots
+    assert success_features(params, config, flops).tolist() == pytest.approx(
+        [math.log(4000), math.log(16), math.log(1e-2), 1, 0]
+    )
+    assert prior_log_cost(params, config, flops) == pytest.approx(math.log(4000) - math.log(16))
+    # start-up trials come from the cheapest quarter by that prior (here: small width, big batch)
+    s = CostAwareSearch(params, "val_acc", "energy_j", 0.9, 0.95, default_epochs=1, startup=3, seed=0,
+                        flops=lambda c: 1000.0 * c["model.width"])  # fmt: skip
+    starts = [s.propose() for _ in range(20)]
+    priors = [prior_log_cost(params, c, 1000.0 * c["model.width"]) for c in starts]
+    everything = [
+        prior_log_cost(params, c, 1000.0 * c["model.width"]) for c in (s.sample() for _ in range(2000))
+    ]
+    assert max(priors) <= np.quantile(everything, 0.3)
+    assert len({c["optimizer.lr"] for c in starts}) == 20  # random among them, not one point
+    # the FLOPs function is rebuilt with the searcher, never pickled
+    path = Path(tempfile.mkdtemp()) / "s.pkl"
+    s.save(str(path))
+    s.restore(str(path))
+    assert s.flops is not None
+
+
+def test_stop_at_target_stops_at_the_target_or_when_out_of_reach(tmp_path: Path):
+    from lightning import Trainer
+
+    from lightning_green import StopAtTarget
+    from lightning_green.data import DigitsDataModule
+    from lightning_green.models import LitClassifier, SimpleCNN
+
+    class Scripted(LitClassifier):
+        """The real classifier, its logged val_acc replaced by a scripted learning curve."""
+
+        def __init__(self, curve: list[float]) -> None:
+            super().__init__(SimpleCNN(conv_layers=1))
+            self.curve = curve
+
+        def on_validation_epoch_end(self) -> None:
+            if not self.trainer.sanity_checking:
+                self.log("val_acc", self.curve[self.current_epoch])
+
+    def fit(curve: list[float]) -> tuple[int, str | None]:
+        stop = StopAtTarget("val_acc", target=0.9)
+        t = Trainer(max_epochs=6, callbacks=[stop], logger=False, enable_progress_bar=False, limit_train_batches=1,
+                    limit_val_batches=1, enable_checkpointing=False, enable_model_summary=False)  # fmt: skip
+        t.fit(Scripted(curve), datamodule=DigitsDataModule())
+        return t.current_epoch, stop.stopped_by
+
+    epochs, why = fit([0.5, 0.8, 0.91, 0.95, 0.96, 0.97])
+    assert epochs == 3 and why.startswith("val_acc reached 0.91")
+    # 0.30 -> 0.35: +0.05 a epoch, 4 epochs left: 0.55 at best -> stop
+    epochs, why = fit([0.3, 0.35, 0.4, 0.45, 0.5, 0.55])
+    assert epochs == 2 and "cannot reach 0.9 in the 4 epochs left" in why
+    # a one-epoch plateau after a big gain does not stop a run that can still get there
+    epochs, why = fit([0.5, 0.7, 0.7, 0.8, 0.92, 0.95])
+    assert epochs == 5 and why.startswith("val_acc reached")
+
+
+def test_expected_cost_grows_away_from_what_was_measured_and_chance_follows_a_trend():
+    import numpy as np
+
+    from lightning_green.tune.cost_aware import expected_cost, expected_epochs, success_chance_linear
+
+    # cost measured at log batch 4 and 5 (the same law): a batch never tried costs more in
+    # expectation than its point prediction, and more the further it is
+    x = np.array([[4.0], [5.0], [4.0], [5.0]])
+    y = np.array([1.0, 0.5, 1.0, 0.5])  # log cost = 3 - 0.5 x
+    near, far = expected_cost(x, y, np.array([[4.5], [1.0]]), ridge=1e-9)
+    assert near == pytest.approx(math.exp(0.75), rel=0.3) and far > math.exp(2.5) * 1.5
+    # by hand: with two identical points the residual is 0, s^2 = 2 x 0.25 / 4, leverage 1/2
+    one = expected_cost(np.array([[0.0], [0.0]]), np.array([0.0, 0.0]), np.array([[0.0]]))
+    assert one[0] == pytest.approx(math.exp(0.5 * (0.5 / 4) * 1.5))
+    # chance of success follows a trend: failures at large batches, successes at small ones
+    seen = np.array([[16.0], [32.0], [256.0], [128.0]])
+    acc = np.array([0.95, 0.93, 0.1, 0.3])
+    p = success_chance_linear(np.log(seen), acc, np.log(np.array([[24.0], [200.0], [16.0]])), target=0.9)
+    assert p[1] < 0.01 < 0.3 < p[0] < p[2]  # falls along the batch size, not only near the failures
+    assert success_chance_linear(np.zeros((0, 1)), np.zeros(0), np.zeros((1, 1)), 0.9).tolist() == [0.5]
+    # a likely success trains until the target, a likely failure stops early
+    assert expected_epochs(np.array([0.0, 1.0, 0.5]), 1.0, 4.0).tolist() == [1.0, 4.0, 2.5]

@@ -6,12 +6,14 @@ cost (for independent trials this order minimises the expected energy spent unti
 success; W. E. Smith, "Various optimizers for single-stage production", 1956). Both are learnt
 from the trials so far:
 
-- ``c``: a ridge regression of log(energy per epoch) on the configuration's features (numbers,
-  log-scaled where the space is log-uniform, one-hot choices, and log(epochs / batch size), the
-  optimizer steps up to the dataset's size, when either is searched), fitted on the measured energy of
-  every trial, times the epochs the configuration will train; until ``startup`` trials have
-  finished, only the epochs are known to cost, so start-up trials are random among the
-  configurations with the fewest epochs.
+- ``c``: a ridge regression of log(energy per epoch) on the configuration's cost features,
+  fitted on the measured energy of every trial, times the epochs the configuration will train.
+  With a ``flops`` function (the strategy counts each model's forward FLOPs per sample on the
+  built model) the cost features are few and physical: log FLOPs per sample, log batch size
+  (optimizer steps per epoch) and the searched choices (precision); without it, every feature.
+  Until ``startup`` trials have finished nothing is measured: start-up trials are random among
+  the cheapest quarter of the candidates by the prior log FLOPs - log batch size (compute and
+  per-step cost weighted alike), or among those with the fewest epochs without FLOPs.
 - ``p``: a kernel regression of the trials' accuracies (Gaussian kernel on standardised
   features), shrunk towards their overall mean and spread, read as a normal predictive
   distribution: the chance that the configuration's accuracy reaches the target. Where few
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -44,9 +47,10 @@ except ImportError:  # pragma: no cover
 EPOCHS_KEY, BATCH_KEY = "trainer.max_epochs", "data.batch_size"
 
 
-def features(params: list[Param], config: dict[str, Any]) -> np.ndarray:
+def features(params: list[Param], config: dict[str, Any], flops: float | None = None) -> np.ndarray:
     """A configuration (flat, dotted keys) as numbers: log for log-uniform, one-hot for choices,
-    plus log(epochs / batch size) when the space searches epochs or the batch size."""
+    plus log(epochs / batch size) when the space searches epochs or the batch size, plus log
+    FLOPs per sample when known."""
     out: list[float] = []
     keys = {p.key for p in params}
     if EPOCHS_KEY in keys or BATCH_KEY in keys:
@@ -61,7 +65,42 @@ def features(params: list[Param], config: dict[str, Any]) -> np.ndarray:
             out.append(math.log(float(v)))
         else:
             out.append(float(v))
-    return np.asarray(out + steps, dtype=float)
+    extra = [math.log(max(flops, 1.0))] if flops else []
+    return np.asarray(out + steps + extra, dtype=float)
+
+
+def cost_features(params: list[Param], config: dict[str, Any], flops: float | None) -> np.ndarray:
+    """What a trial's energy per epoch follows: log FLOPs per sample, log batch size (steps per
+    epoch) and the searched choices outside the model (precision); every feature without FLOPs."""
+    if not flops:
+        return features(params, config)
+    out = [math.log(max(flops, 1.0))]
+    if any(p.key == BATCH_KEY for p in params):
+        out.append(math.log(float(config[BATCH_KEY])))
+    for p in params:
+        if p.type == "choice" and not p.key.startswith(("model.", "data.")):
+            out += [1.0 if config[p.key] == c else 0.0 for c in p.values]
+    return np.asarray(out, dtype=float)
+
+
+def success_features(params: list[Param], config: dict[str, Any], flops: float | None) -> np.ndarray:
+    """What reaching the target follows, compactly: the model's capacity as log FLOPs per sample,
+    log batch size, and the parameters outside the model and data (learning rate, precision),
+    so that a few trials already say something; every feature without FLOPs."""
+    if not flops:
+        return features(params, config)
+    own = [p for p in params if not p.key.startswith(("model.", "data."))]
+    size = [math.log(max(flops, 1.0))]
+    if any(p.key == BATCH_KEY for p in params):
+        size.append(math.log(float(config[BATCH_KEY])))
+    return np.concatenate([size, features(own, config)])
+
+
+def prior_log_cost(params: list[Param], config: dict[str, Any], flops: float) -> float:
+    """Before any trial is measured: log FLOPs per sample - log batch size (compute and per-step
+    overhead weighted alike; only the ranking of candidates matters)."""
+    batch = float(config[BATCH_KEY]) if any(p.key == BATCH_KEY for p in params) else 1.0
+    return math.log(max(flops, 1.0)) - math.log(batch)
 
 
 def fit_cost_model(
@@ -81,6 +120,33 @@ def predict_log_cost(model: tuple[np.ndarray, np.ndarray, np.ndarray], x: np.nda
     mean, scale, w = model
     z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
     return z @ w
+
+
+def expected_cost(
+    x_seen: np.ndarray, log_cost: np.ndarray, x_new: np.ndarray, ridge: float = 1e-2,
+    prior_sd: float = 0.5, prior_weight: float = 2.0,
+) -> np.ndarray:  # fmt: skip
+    """The expected cost of each new point under the ridge model read as log-normal:
+    ``exp(mu + v / 2)``, ``v = s^2 (1 + z (Z'Z + R)^-1 z')`` growing with the distance from what
+    was measured (a batch size never tried costs more in expectation than its point prediction),
+    ``s^2`` the residual variance shrunk towards ``prior_sd^2`` with ``prior_weight`` pseudo-trials."""
+    model = fit_cost_model(x_seen, log_cost, ridge)
+    mean, scale, w = model
+    z_seen = np.hstack([(x_seen - mean) / scale, np.ones((len(x_seen), 1))])
+    penalty = ridge * np.eye(z_seen.shape[1])
+    penalty[-1, -1] = 0.0
+    inv = np.linalg.pinv(z_seen.T @ z_seen + penalty)
+    resid = log_cost - z_seen @ w
+    s2 = (float(resid @ resid) + prior_weight * prior_sd**2) / (len(log_cost) + prior_weight)
+    z = np.hstack([(x_new - mean) / scale, np.ones((len(x_new), 1))])
+    leverage = np.einsum("ij,jk,ik->i", z, inv, z)
+    return np.exp(z @ w + 0.5 * s2 * (1.0 + leverage))
+
+
+def expected_epochs(p: np.ndarray, failed_epochs: float, success_epochs: float) -> np.ndarray:
+    """Epochs a trial is expected to train when epochs are the budget: a failure ends early
+    (ASHA, or out of reach), a success trains until it reaches the target."""
+    return (1.0 - p) * failed_epochs + p * success_epochs
 
 
 def success_chance(
@@ -106,6 +172,32 @@ def success_chance(
     return 0.5 * np.array([math.erfc(v / math.sqrt(2.0)) for v in z])
 
 
+def success_chance_linear(
+    x_seen: np.ndarray, acc: np.ndarray, x_new: np.ndarray, target: float, ridge: float = 1.0
+) -> np.ndarray:
+    """Chance that each new point's accuracy reaches ``target`` under a Bayesian ridge regression
+    of the seen accuracies on standardised features (a trend: a larger batch or a lower learning
+    rate keeps failing, so the chance falls along that direction, not only near the failures),
+    read through its normal predictive distribution, whose variance grows away from the trials:
+    ``s^2 (1 + z (Z'Z + R)^-1 z')``, ``s^2`` the residual variance shrunk towards the accuracies'
+    variance with one pseudo-trial."""
+    if len(x_seen) == 0:
+        return np.full(len(x_new), 0.5)
+    mean, scale = x_seen.mean(axis=0), x_seen.std(axis=0)
+    scale[scale == 0] = 1.0
+    z_seen = np.hstack([(x_seen - mean) / scale, np.ones((len(x_seen), 1))])
+    penalty = ridge * np.eye(z_seen.shape[1])
+    penalty[-1, -1] = 0.0
+    inv = np.linalg.pinv(z_seen.T @ z_seen + penalty)
+    w = inv @ z_seen.T @ acc
+    resid = acc - z_seen @ w
+    s2 = (float(resid @ resid) + float(acc.var()) + 1e-3) / (len(acc) + 1.0)
+    z = np.hstack([(x_new - mean) / scale, np.ones((len(x_new), 1))])
+    sigma = np.sqrt(s2 * (1.0 + np.einsum("ij,jk,ik->i", z, inv, z)))
+    t = (target - z @ w) / sigma
+    return 0.5 * np.array([math.erfc(v / math.sqrt(2.0)) for v in t])
+
+
 def pick(p: np.ndarray, cost: np.ndarray) -> int:
     """The candidate with the highest chance of success per unit of cost (Smith's rule)."""
     return int(np.argmax(p / np.maximum(cost, 1e-12)))
@@ -124,17 +216,20 @@ class CostAwareSearch(Searcher):
         startup: Trials chosen at random before the models are used.
         candidates: Random configurations scored per suggestion.
         seed: Random seed.
+        flops: FLOPs per sample of the model a configuration builds (``None`` when unknown).
     """
 
     def __init__(
         self, params: list[Param], accuracy_metric: str, energy_metric: str, target_accuracy: float | None,
         target_fraction: float, default_epochs: int, startup: int = 3, candidates: int = 512, seed: int = 0,
+        flops: Callable[[dict[str, Any]], float | None] | None = None,
     ) -> None:  # fmt: skip
         super().__init__(metric=accuracy_metric, mode="max")
         self.params, self.accuracy_metric, self.energy_metric = params, accuracy_metric, energy_metric
         self.target_accuracy, self.target_fraction = target_accuracy, target_fraction
         self.default_epochs, self.startup, self.candidates = default_epochs, startup, candidates
         self.rng = np.random.default_rng(seed)
+        self.flops = flops
         self.live: dict[str, dict[str, Any]] = {}
         self.done: list[
             tuple[dict[str, Any], float | None, float | None, float]
@@ -164,7 +259,8 @@ class CostAwareSearch(Searcher):
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
+            # the FLOPs counter is rebuilt with the searcher on restore, not saved
+            pickle.dump({k: v for k, v in self.__dict__.items() if k != "flops"}, f)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
@@ -194,25 +290,49 @@ class CostAwareSearch(Searcher):
                 out[p.key] = float(self.rng.uniform(p.low, p.high))
         return out
 
+    def _flops(self, config: dict[str, Any]) -> float | None:
+        return self.flops(config) if self.flops is not None else None
+
     def propose(self) -> dict[str, Any]:
         seen = self.done
         cands = [self.sample() for _ in range(self.candidates)]
+        flops = [self._flops(c) for c in cands]
         if len(seen) < max(self.startup, 1):
-            # Nothing learnt yet: the only cost known is that energy grows with the epochs, so the
-            # start-up trials are random among the candidates with the fewest epochs.
+            # Nothing measured yet. With FLOPs: random among the cheapest quarter by the prior;
+            # without: the only cost known is that energy grows with the epochs.
+            if all(flops):
+                prior = np.array(
+                    [prior_log_cost(self.params, c, f) for c, f in zip(cands, flops, strict=True)]
+                )
+                cheap = np.flatnonzero(prior <= np.quantile(prior, 0.25))
+                return cands[int(self.rng.choice(cheap))]
             epochs = np.array([self.epochs(c) for c in cands])
             return cands[int(np.argmin(epochs))]
-        x_new = np.stack([features(self.params, c) for c in cands])
-        x_seen = np.stack([features(self.params, c) for c, *_ in seen])
+        x_new = np.stack([success_features(self.params, c, f) for c, f in zip(cands, flops, strict=True)])
+        x_seen = np.stack([success_features(self.params, c, self._flops(c)) for c, *_ in seen])
         acc = np.array([0.0 if a is None else a for _, a, _, _ in seen])  # no accuracy: a failed trial
-        p = success_chance(x_seen, acc, x_new, self.target())
+        chance = success_chance_linear if all(flops) else success_chance
+        p = chance(x_seen, acc, x_new, self.target())
         costed = [
-            (features(self.params, c), j / max(e, 1.0)) for c, _, j, e in seen if j is not None and j > 0
+            (cost_features(self.params, c, self._flops(c)), j / max(e, 1.0))
+            for c, _, j, e in seen
+            if j is not None and j > 0
         ]
         if len(costed) >= 2:
-            model = fit_cost_model(np.stack([f for f, _ in costed]), np.log([c for _, c in costed]))
-            per_epoch = np.exp(predict_log_cost(model, x_new))
+            x_cost = np.stack([cost_features(self.params, c, f) for c, f in zip(cands, flops, strict=True)])
+            per_epoch = expected_cost(
+                np.stack([f for f, _ in costed]), np.log([c for _, c in costed]), x_cost
+            )
         else:
             per_epoch = np.ones(len(cands))
-        cost = per_epoch * np.array([self.epochs(c) for c in cands])
-        return cands[pick(p, cost)]
+        if any(p_.key == EPOCHS_KEY for p_ in self.params):
+            epochs = np.array([self.epochs(c) for c in cands])
+        else:  # epochs are the budget: a likely success trains longer than a likely failure
+            reached = [e for _, a, _, e in seen if a is not None and a >= self.target()]
+            failed = [e for _, a, _, e in seen if a is None or a < self.target()]
+            epochs = expected_epochs(
+                p,
+                float(np.mean(failed)) if failed else 1.0,
+                float(np.mean(reached)) if reached else max(self.default_epochs / 2.0, 1.0),
+            )
+        return cands[pick(p, per_epoch * epochs)]

@@ -3,6 +3,7 @@ energy), efficient (least energy that reaches a target accuracy, with weak trial
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from omegaconf import DictConfig
@@ -40,6 +41,9 @@ def check_strategy(strategy: DictConfig, tune_cfg: DictConfig) -> None:
             v = strategy.get(key)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ConfigError(f"tune.strategy.{key} must be an integer >= {lo}; got {v!r}")
+        for key in ("search_epochs", "stop_at_target"):
+            if not isinstance(strategy.get(key, False), bool):
+                raise ConfigError(f"tune.strategy.{key} must be true or false; got {strategy.get(key)!r}")
     check_target(tune_cfg)
     if tune_cfg.scheduler not in ("fifo", "asha"):
         raise ConfigError(f"tune.scheduler must be one of fifo, asha; got {tune_cfg.scheduler!r}")
@@ -63,10 +67,50 @@ def check_target(tune_cfg: DictConfig) -> None:
             )
 
 
+def model_flops(base: dict[str, Any]) -> Callable[[dict[str, Any]], float | None]:
+    """FLOPs per sample of the model a flat configuration builds, counted on the built model
+    (``torch.utils.flop_counter``; cached per distinct model settings; ``None`` where it cannot be
+    built): the cost-aware searcher's physical prior on what a trial will cost."""
+    import json
+
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from lightning_green.callbacks.flops import forward_flops
+
+    cache: dict[str, float | None] = {}
+
+    def flops(config: dict[str, Any]) -> float | None:
+        cfg = OmegaConf.create({"model": base.get("model"), "data": base.get("data")})
+        for key, value in config.items():
+            if key.startswith(("model.", "data.")):
+                OmegaConf.update(cfg, key, value, force_add=True)
+        key = json.dumps(
+            [OmegaConf.to_container(cfg.model), cfg.data.get("_target_")], sort_keys=True, default=str
+        )
+        if key not in cache:
+            try:
+                dm = instantiate(cfg.data)
+                net = instantiate(cfg.model, in_channels=dm.in_channels, image_size=dm.image_size,
+                                  num_classes=dm.num_classes)  # fmt: skip
+                cache[key] = forward_flops(net, torch.zeros(1, dm.in_channels, dm.image_size, dm.image_size))
+            except Exception:  # a configuration the trial would reject: no prior, the trial says why
+                cache[key] = None
+        return cache[key]
+
+    return flops
+
+
 def search_setup(
-    strategy: DictConfig, params: list[Param], tune_cfg: DictConfig, seed: int
+    strategy: DictConfig,
+    params: list[Param],
+    tune_cfg: DictConfig,
+    seed: int,
+    base: dict[str, Any] | None = None,
 ) -> tuple[Any, dict, dict]:
-    """Returns (search_alg, param_space, tune_config kwargs: metric/mode)."""
+    """Returns (search_alg, param_space, tune_config kwargs: metric/mode). ``base``: the study's
+    resolved config tree (the cost-aware searcher counts each candidate model's FLOPs from it)."""
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     space = nested({p.key: p.ray() for p in params})
@@ -88,10 +132,13 @@ def search_setup(
     if strategy.name == "efficient" and strategy.sampler == "cost":
         from lightning_green.tune.cost_aware import CostAwareSearch
 
-        # Epochs scale the cost only when searched (trainer.max_epochs); otherwise all trials share them.
+        # Searched epochs (trainer.max_epochs) scale a candidate's cost; otherwise every trial may
+        # train the tree's max_epochs, and the searcher expects fewer for a likely failure.
+        top = int(base["trainer"]["max_epochs"]) if base is not None else 1
         search = CostAwareSearch(
-            params, acc, energy, tune_cfg.get("target_accuracy"), tune_cfg.target_fraction, default_epochs=1,
+            params, acc, energy, tune_cfg.get("target_accuracy"), tune_cfg.target_fraction, default_epochs=top,
             startup=int(strategy.get("n_startup_trials", 3)), seed=seed,
+            flops=model_flops(base) if base is not None else None,
         )  # fmt: skip
         return ConcurrencyLimiter(search, max_concurrent=tune_cfg.max_concurrent), space, {"num_samples": n}
     if strategy.name == "efficient":

@@ -32,6 +32,7 @@ from lightning_green.records import (
 )
 from lightning_green.tune.space import flatten, parse_space
 from lightning_green.tune.strategies import check_strategy, search_setup
+from lightning_green.tune.trainable import EPOCH_METRICS
 
 #: Energy records of trial attempts that were interrupted (kept when a study is resumed).
 ATTEMPTS_DIR = "attempts"
@@ -129,7 +130,38 @@ def prepare(cfg: DictConfig) -> tuple[list, dict[str, Any]]:
     if "callbacks" in cfg:
         base["callbacks"] = OmegaConf.to_container(cfg.callbacks, resolve=False)
     params = parse_space(cfg.tune.space.params, OmegaConf.create(base))
+    strategy = cfg.tune.strategy
+    if strategy.name == "efficient" and not strategy.get("search_epochs", False):
+        params = epochs_as_budget(cfg, params, base)
     return params, base
+
+
+def epochs_as_budget(cfg: DictConfig, params: list, base: dict[str, Any]) -> list:
+    """The ``efficient`` strategy spends epochs as its budget instead of searching them: every
+    trial may train up to the searched range's top, ASHA stops weak trials at its rungs, and, with
+    ``tune.target_accuracy`` set and ``stop_at_target`` on, a trial stops at the first validation
+    that reaches the target: the epochs a
+    trial would train past the goal cost energy and buy nothing the strategy is asked for; so
+    does a trial stop once its learning curve, extrapolated, cannot reach the target in the
+    epochs it has left (:class:`~lightning_green.StopAtTarget`).
+    Returns the params without ``trainer.max_epochs``; ``cfg`` and ``base`` get the top."""
+    searched = next((p for p in params if p.key == "trainer.max_epochs"), None)
+    top = max_epochs(cfg, params)
+    if searched is not None:
+        params = [p for p in params if p is not searched]
+        cfg.trainer.max_epochs = top
+        base["trainer"]["max_epochs"] = top
+    target = cfg.tune.get("target_accuracy")
+    monitor = EPOCH_METRICS.get(cfg.tune.accuracy_metric)
+    if target is not None and cfg.tune.strategy.get("stop_at_target", True) and monitor is not None:
+        callbacks = base.setdefault("callbacks", {}) or {}
+        callbacks["stop_at_target"] = {
+            "_target_": "lightning_green.StopAtTarget",
+            "monitor": monitor,
+            "target": float(target),
+        }
+        base["callbacks"] = callbacks
+    return params
 
 
 def check_ray_address(address: str | None, timeout_s: float = 3.0) -> None:
@@ -229,7 +261,7 @@ def run_study(
         meta["started"] = previous.get("started", meta["started"])
         meta["resumed"] = True
     else:
-        alg, space, kw = search_setup(t.strategy, params, t, seed)
+        alg, space, kw = search_setup(t.strategy, params, t, seed, base)
         scheduler = None
         if t.scheduler == "asha" or t.strategy.name == "efficient":
             from ray.tune.schedulers import ASHAScheduler
@@ -394,9 +426,10 @@ def max_epochs(cfg: DictConfig, params: list) -> int:
 
 
 def add_savings(df: pd.DataFrame, max_epochs: int) -> None:
-    """Mark trials a scheduler or stopper ended before their last epoch, and estimate the energy
-    that saved: their mean energy per epoch so far x the epochs they did not run (an estimate).
-    A trial's own ``param.trainer.max_epochs``, when searched, is its last epoch."""
+    """Mark trials that ended before their last epoch (a scheduler or stopper, or a callback in
+    the trial such as the efficient strategy's stop at the target), and estimate the energy that
+    saved: their mean energy per epoch so far x the epochs they did not run (an estimate). A
+    trial's own ``param.trainer.max_epochs``, when searched, is its last epoch."""
     ok = df["status"] == "TERMINATED"
     epochs = df["epochs"].astype(float)
     last = (
@@ -404,7 +437,7 @@ def add_savings(df: pd.DataFrame, max_epochs: int) -> None:
         if "param.trainer.max_epochs" in df
         else float(max_epochs)
     )
-    df["stopped_early"] = ok & ~df["finished"].astype(bool) & (epochs < last)
+    df["stopped_early"] = ok & (epochs < last)
     per_epoch = df["energy_j"].astype(float) / epochs.where(epochs > 0)
     df["energy_saved_estimate_j"] = (per_epoch * (last - epochs)).where(df["stopped_early"], 0.0).fillna(0.0)
 
