@@ -139,10 +139,9 @@ def compare_table(
             row["study_energy_j"] = float(np.mean(whole))
             shares = [m["framework_share"] for m in studies_meta if m.get("framework_share") is not None]
             row["framework_share"] = float(np.mean(shares)) if shares else math.nan
-            over = [
-                m["overhead_per_trial_s"] for m in studies_meta if m.get("overhead_per_trial_s") is not None
-            ]
-            row["overhead_per_trial_s"] = float(np.mean(over)) if over else math.nan
+            for key in ("overhead_per_trial_s", "startup_s", "overhead_per_trial_after_startup_s"):
+                values = [m[key] for m in studies_meta if m.get(key) is not None]
+                row[key] = float(np.mean(values)) if values else math.nan
         row["_ci"] = {
             "energy_to_target_j": bootstrap_ci(reached), "best_accuracy": bootstrap_ci(acc),
             "hypervolume_normalised": bootstrap_ci(hv), "all_reached": len(reached) == len(ms),
@@ -326,7 +325,9 @@ def write_compare(
         f"seeds ({BOOTSTRAP_RESAMPLES} resamples); a difference is resolved when the intervals do not overlap. "
         "`total_energy_j`: the trials' energy; `study_energy_j`: the whole study measured around it (driver, Ray's "
         "processes, idle workers, trial start-up), `framework_share` the part outside the trials, "
-        "`overhead_per_trial_s` the wall seconds per trial slot spent outside training.",
+        "`overhead_per_trial_s` the wall seconds per trial slot spent outside training; `startup_s` the "
+        "study's fixed start-up (Ray, the first workers' imports, up to the first trial's first window) "
+        "and `overhead_per_trial_after_startup_s` what each trial adds after it.",
     ]
     paths[1].write_text("\n".join(text) + "\n")
     paths += anytime_plot(studies, out, info["target_accuracy"])
