@@ -159,3 +159,24 @@ def test_a_fixed_place_labels_every_record():
     with pytest.deprecated_call():
         old = EnergyMonitor(carbon_intensity_g_per_kwh=56.0, baseline_s=0)
     assert old.carbon.current().g_per_kwh == 56.0 and old.carbon.current().method == "given"
+
+
+def test_a_failing_provider_of_the_users_never_ends_training(tmp_path: Path):
+    from lightning_green.energy.grid import IntensityProvider
+
+    class Broken(IntensityProvider):
+        def start(self) -> None:
+            raise RuntimeError("no route")
+
+        def current(self):
+            raise RuntimeError("no route")
+
+    monitor = EnergyMonitor(output_dir=tmp_path, carbon_intensity=Broken(), baseline_s=0)
+    trainer = Trainer(max_epochs=1, callbacks=[monitor], logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, enable_model_summary=False, limit_train_batches=2,
+                      limit_val_batches=1)  # fmt: skip
+    with pytest.warns(UserWarning, match="carbon intensity provider failed"):
+        trainer.fit(LitClassifier(SimpleCNN(conv_layers=1)), datamodule=DigitsDataModule())
+    windows = read_windows(tmp_path)
+    assert windows and all(w.carbon["method"].startswith("table (provider failed") for w in windows)
+    assert read_summary(tmp_path)["co2e_g"] == pytest.approx(sum(w.co2e_g for w in windows))

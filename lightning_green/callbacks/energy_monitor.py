@@ -250,7 +250,7 @@ class EnergyMonitor(Callback):
             self.ended_by = None
         if self.meter is not None:
             return
-        self.carbon.provider.start()  # a live provider's first fetch (bounded by its timeout)
+        self.carbon.start()  # a live provider's first fetch (bounded by its timeout)
         self._world_size = trainer.world_size
         self.meter = self._user_meter or make_meter(
             self.backend,
@@ -339,7 +339,7 @@ class EnergyMonitor(Callback):
         self._paused_train = False
 
     def _release(self) -> None:
-        self.carbon.provider.close()
+        self.carbon.close()
         if self._writer is not None:
             self._writer.close()
         meter, self.meter = self.meter, None

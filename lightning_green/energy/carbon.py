@@ -13,10 +13,11 @@ survey puts the average data-centre PUE at 1.58).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 
 from lightning_green._checks import check_number
-from lightning_green.energy.grid import DEFAULT_PLACE, Intensity, IntensityProvider, make_intensity
+from lightning_green.energy.grid import DEFAULT_PLACE, Intensity, IntensityProvider, lookup, make_intensity
 
 DEFAULT_INTENSITY_G_PER_KWH = 475.0
 DEFAULT_CARBON_INTENSITY = DEFAULT_PLACE
@@ -26,6 +27,12 @@ COVERS = (
     "operational emissions of the measured energy: kWh x PUE x grid intensity in force when each window "
     "closed; embodied carbon (making the hardware) and facility overhead beyond PUE are not included"
 )
+
+
+def _warn_once(model: CarbonModel, message: str) -> None:
+    if not getattr(model, "_warned", False):
+        object.__setattr__(model, "_warned", True)
+        warnings.warn(message, stacklevel=3)
 
 
 @dataclass(frozen=True)
@@ -57,9 +64,26 @@ class CarbonModel:
     def kwh(joules: float) -> float:
         return joules / JOULES_PER_KWH
 
+    def start(self) -> None:
+        """Start the provider (a live one's first fetch); a failing provider never ends training."""
+        try:
+            self.provider.start()
+        except Exception as err:
+            _warn_once(self, f"lightning-green: the carbon intensity provider failed to start ({err!r})")
+
+    def close(self) -> None:
+        try:
+            self.provider.close()
+        except Exception as err:
+            _warn_once(self, f"lightning-green: the carbon intensity provider failed to close ({err!r})")
+
     def current(self) -> Intensity:
-        """The intensity in force now."""
-        return self.provider.current()
+        """The intensity in force now; the table's world average, labelled, if the provider fails."""
+        try:
+            return self.provider.current()
+        except Exception as err:
+            _warn_once(self, f"lightning-green: the carbon intensity provider failed ({err!r}); using WORLD")
+            return replace(lookup(DEFAULT_PLACE), method=f"table (provider failed: {err!r})"[:200])
 
     @property
     def intensity_g_per_kwh(self) -> float:

@@ -82,14 +82,16 @@ def model_flops(base: dict[str, Any]) -> Callable[[dict[str, Any]], float | None
     cache: dict[str, float | None] = {}
 
     def flops(config: dict[str, Any]) -> float | None:
-        cfg = OmegaConf.create({"model": base.get("model"), "data": base.get("data")})
-        for key, value in config.items():
-            if key.startswith(("model.", "data.")):
-                OmegaConf.update(cfg, key, value, force_add=True)
+        # Keyed by the searched model and data values: a lookup costs microseconds (the searcher
+        # scores hundreds of candidates per trial); only a model not seen before is built.
         key = json.dumps(
-            [OmegaConf.to_container(cfg.model), cfg.data.get("_target_")], sort_keys=True, default=str
+            sorted((k, v) for k, v in config.items() if k.startswith(("model.", "data."))), default=str
         )
         if key not in cache:
+            cfg = OmegaConf.create({"model": base.get("model"), "data": base.get("data")})
+            for name, value in config.items():
+                if name.startswith(("model.", "data.")):
+                    OmegaConf.update(cfg, name, value, force_add=True)
             try:
                 dm = instantiate(cfg.data)
                 net = instantiate(cfg.model, in_channels=dm.in_channels, image_size=dm.image_size,
