@@ -15,6 +15,13 @@ Example::
 from lightning_green.energy.base import CompositeMeter, Meter, MeterUnavailableError
 from lightning_green.energy.carbon import CarbonModel
 from lightning_green.energy.estimate import DEFAULT_WATTS_PER_CORE, EstimateMeter
+from lightning_green.energy.grid import (
+    ElectricityMapsIntensity,
+    Intensity,
+    IntensityProvider,
+    UKCarbonIntensity,
+    lookup,
+)
 from lightning_green.energy.nvml import NvmlMeter
 from lightning_green.energy.rapl import RaplMeter
 from lightning_green.energy.reading import DomainEnergy, Reading, merge_parallel, merge_readings
@@ -27,15 +34,20 @@ __all__ = [
     "CarbonModel",
     "CompositeMeter",
     "DomainEnergy",
+    "ElectricityMapsIntensity",
     "EstimateMeter",
+    "Intensity",
+    "IntensityProvider",
     "Meter",
     "MeterUnavailableError",
     "NvmlMeter",
     "RaplMeter",
     "Reading",
     "SelectedMeter",
+    "UKCarbonIntensity",
     "ZeusMeter",
     "check_backend",
+    "lookup",
     "make_meter",
     "merge_parallel",
     "merge_readings",
