@@ -29,12 +29,6 @@ COVERS = (
 )
 
 
-def _warn_once(model: CarbonModel, message: str) -> None:
-    if not getattr(model, "_warned", False):
-        object.__setattr__(model, "_warned", True)
-        warnings.warn(message, stacklevel=3)
-
-
 @dataclass(frozen=True)
 class CarbonModel:
     """Converts joules to kWh and grams of CO2e.
@@ -51,6 +45,8 @@ class CarbonModel:
     live: str | None = None
     live_url: str | None = None
     provider: IntensityProvider = field(init=False, repr=False, compare=False)
+    #: One warning per model for a failing provider (a set, so the frozen model can record it).
+    _warned: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -59,6 +55,11 @@ class CarbonModel:
             make_intensity(self.intensity, self.live, self.live_url, name="carbon_intensity"),
         )
         check_number("pue", self.pue, minimum=1.0, unit="facility energy / IT energy")
+
+    def _warn(self, message: str) -> None:
+        if not self._warned:
+            self._warned.add(message)
+            warnings.warn(message, stacklevel=3)
 
     @staticmethod
     def kwh(joules: float) -> float:
@@ -69,20 +70,20 @@ class CarbonModel:
         try:
             self.provider.start()
         except Exception as err:
-            _warn_once(self, f"lightning-green: the carbon intensity provider failed to start ({err!r})")
+            self._warn(f"lightning-green: the carbon intensity provider failed to start ({err!r})")
 
     def close(self) -> None:
         try:
             self.provider.close()
         except Exception as err:
-            _warn_once(self, f"lightning-green: the carbon intensity provider failed to close ({err!r})")
+            self._warn(f"lightning-green: the carbon intensity provider failed to close ({err!r})")
 
     def current(self) -> Intensity:
         """The intensity in force now; the table's world average, labelled, if the provider fails."""
         try:
             return self.provider.current()
         except Exception as err:
-            _warn_once(self, f"lightning-green: the carbon intensity provider failed ({err!r}); using WORLD")
+            self._warn(f"lightning-green: the carbon intensity provider failed ({err!r}); using WORLD")
             return replace(lookup(DEFAULT_PLACE), method=f"table (provider failed: {err!r})"[:200])
 
     @property

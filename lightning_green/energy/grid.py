@@ -45,6 +45,7 @@ import urllib.parse
 import urllib.request
 import warnings
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime
 from importlib import resources
 from typing import Any
 
@@ -246,8 +247,6 @@ class LiveIntensity(IntensityProvider):
 
 
 def _iso_time(text: str) -> float | None:
-    from datetime import datetime
-
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except (ValueError, AttributeError):

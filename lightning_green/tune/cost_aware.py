@@ -47,10 +47,9 @@ except ImportError:  # pragma: no cover
 EPOCHS_KEY, BATCH_KEY = "trainer.max_epochs", "data.batch_size"
 
 
-def features(params: list[Param], config: dict[str, Any], flops: float | None = None) -> np.ndarray:
+def features(params: list[Param], config: dict[str, Any]) -> np.ndarray:
     """A configuration (flat, dotted keys) as numbers: log for log-uniform, one-hot for choices,
-    plus log(epochs / batch size) when the space searches epochs or the batch size, plus log
-    FLOPs per sample when known."""
+    plus log(epochs / batch size) when the space searches epochs or the batch size."""
     out: list[float] = []
     keys = {p.key for p in params}
     if EPOCHS_KEY in keys or BATCH_KEY in keys:
@@ -65,8 +64,19 @@ def features(params: list[Param], config: dict[str, Any], flops: float | None = 
             out.append(math.log(float(v)))
         else:
             out.append(float(v))
-    extra = [math.log(max(flops, 1.0))] if flops else []
-    return np.asarray(out + steps + extra, dtype=float)
+    return np.asarray(out + steps, dtype=float)
+
+
+def size_features(params: list[Param], config: dict[str, Any], flops: float) -> list[float]:
+    """log FLOPs per sample (the model's compute) and, when searched, log batch size (steps per epoch)."""
+    out = [math.log(max(flops, 1.0))]
+    if any(p.key == BATCH_KEY for p in params):
+        out.append(math.log(float(config[BATCH_KEY])))
+    return out
+
+
+def _outside_model(params: list[Param]) -> list[Param]:
+    return [p for p in params if not p.key.startswith(("model.", "data."))]
 
 
 def cost_features(params: list[Param], config: dict[str, Any], flops: float | None) -> np.ndarray:
@@ -74,13 +84,9 @@ def cost_features(params: list[Param], config: dict[str, Any], flops: float | No
     epoch) and the searched choices outside the model (precision); every feature without FLOPs."""
     if not flops:
         return features(params, config)
-    out = [math.log(max(flops, 1.0))]
-    if any(p.key == BATCH_KEY for p in params):
-        out.append(math.log(float(config[BATCH_KEY])))
-    for p in params:
-        if p.type == "choice" and not p.key.startswith(("model.", "data.")):
-            out += [1.0 if config[p.key] == c else 0.0 for c in p.values]
-    return np.asarray(out, dtype=float)
+    choices = [p for p in _outside_model(params) if p.type == "choice"]
+    onehots = [1.0 if config[p.key] == c else 0.0 for p in choices for c in p.values]
+    return np.asarray(size_features(params, config, flops) + onehots, dtype=float)
 
 
 def success_features(params: list[Param], config: dict[str, Any], flops: float | None) -> np.ndarray:
@@ -89,37 +95,62 @@ def success_features(params: list[Param], config: dict[str, Any], flops: float |
     so that a few trials already say something; every feature without FLOPs."""
     if not flops:
         return features(params, config)
-    own = [p for p in params if not p.key.startswith(("model.", "data."))]
-    size = [math.log(max(flops, 1.0))]
-    if any(p.key == BATCH_KEY for p in params):
-        size.append(math.log(float(config[BATCH_KEY])))
-    return np.concatenate([size, features(own, config)])
+    return np.concatenate([size_features(params, config, flops), features(_outside_model(params), config)])
 
 
 def prior_log_cost(params: list[Param], config: dict[str, Any], flops: float) -> float:
     """Before any trial is measured: log FLOPs per sample - log batch size (compute and per-step
     overhead weighted alike; only the ranking of candidates matters)."""
-    batch = float(config[BATCH_KEY]) if any(p.key == BATCH_KEY for p in params) else 1.0
-    return math.log(max(flops, 1.0)) - math.log(batch)
+    size = size_features(params, config, flops)
+    return size[0] - (size[1] if len(size) > 1 else 0.0)
+
+
+def _design(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    return np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
+
+
+def _ridge(
+    x: np.ndarray, y: np.ndarray, ridge: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Ridge regression of ``y`` on standardised ``x`` with an unshrunk intercept: (mean, scale,
+    weights with intercept last, (Z'Z + R)^-1 for the predictive variance)."""
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale == 0] = 1.0
+    z = _design(x, mean, scale)
+    penalty = ridge * np.eye(z.shape[1])
+    penalty[-1, -1] = 0.0  # the intercept is not shrunk
+    inv = np.linalg.pinv(z.T @ z + penalty)
+    return mean, scale, inv @ z.T @ y, inv
+
+
+def _predictive(
+    x_seen: np.ndarray, y: np.ndarray, x_new: np.ndarray, ridge: float, prior_var: float, prior_weight: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of new points under the ridge model: ``s^2 (1 + z (Z'Z + R)^-1 z')``,
+    ``s^2`` the residual variance shrunk towards ``prior_var`` with ``prior_weight`` pseudo-trials."""
+    mean, scale, w, inv = _ridge(x_seen, y, ridge)
+    resid = y - _design(x_seen, mean, scale) @ w
+    s2 = (float(resid @ resid) + prior_weight * prior_var) / (len(y) + prior_weight)
+    z = _design(x_new, mean, scale)
+    return z @ w, s2 * (1.0 + np.einsum("ij,jk,ik->i", z, inv, z))
+
+
+def _chance_above(target: float, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """1 - Phi((target - mu) / sigma): the normal chance of reaching ``target``."""
+    return 0.5 * np.array([math.erfc(v / math.sqrt(2.0)) for v in (target - mu) / sigma])
 
 
 def fit_cost_model(
     x: np.ndarray, log_cost: np.ndarray, ridge: float = 1e-2
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ridge regression of ``log_cost`` on standardised ``x``; returns (mean, scale, weights with intercept last)."""
-    mean, scale = x.mean(axis=0), x.std(axis=0)
-    scale[scale == 0] = 1.0
-    z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
-    penalty = ridge * np.eye(z.shape[1])
-    penalty[-1, -1] = 0.0  # the intercept is not shrunk
-    w = np.linalg.solve(z.T @ z + penalty, z.T @ log_cost)
+    mean, scale, w, _ = _ridge(x, log_cost, ridge)
     return mean, scale, w
 
 
 def predict_log_cost(model: tuple[np.ndarray, np.ndarray, np.ndarray], x: np.ndarray) -> np.ndarray:
     mean, scale, w = model
-    z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
-    return z @ w
+    return _design(x, mean, scale) @ w
 
 
 def expected_cost(
@@ -127,20 +158,11 @@ def expected_cost(
     prior_sd: float = 0.5, prior_weight: float = 2.0,
 ) -> np.ndarray:  # fmt: skip
     """The expected cost of each new point under the ridge model read as log-normal:
-    ``exp(mu + v / 2)``, ``v = s^2 (1 + z (Z'Z + R)^-1 z')`` growing with the distance from what
-    was measured (a batch size never tried costs more in expectation than its point prediction),
-    ``s^2`` the residual variance shrunk towards ``prior_sd^2`` with ``prior_weight`` pseudo-trials."""
-    model = fit_cost_model(x_seen, log_cost, ridge)
-    mean, scale, w = model
-    z_seen = np.hstack([(x_seen - mean) / scale, np.ones((len(x_seen), 1))])
-    penalty = ridge * np.eye(z_seen.shape[1])
-    penalty[-1, -1] = 0.0
-    inv = np.linalg.pinv(z_seen.T @ z_seen + penalty)
-    resid = log_cost - z_seen @ w
-    s2 = (float(resid @ resid) + prior_weight * prior_sd**2) / (len(log_cost) + prior_weight)
-    z = np.hstack([(x_new - mean) / scale, np.ones((len(x_new), 1))])
-    leverage = np.einsum("ij,jk,ik->i", z, inv, z)
-    return np.exp(z @ w + 0.5 * s2 * (1.0 + leverage))
+    ``exp(mu + v / 2)``, ``v`` the predictive variance, growing with the distance from what was
+    measured (a batch size never tried costs more in expectation than its point prediction), its
+    residual part shrunk towards ``prior_sd^2`` with ``prior_weight`` pseudo-trials."""
+    mu, var = _predictive(x_seen, log_cost, x_new, ridge, prior_sd**2, prior_weight)
+    return np.exp(mu + 0.5 * var)
 
 
 def expected_epochs(p: np.ndarray, failed_epochs: float, success_epochs: float) -> np.ndarray:
@@ -167,9 +189,7 @@ def success_chance(
     n = w.sum(axis=1) + prior_weight
     mu = (w @ acc + prior_weight * m0) / n
     var = ((w * (acc[None, :] - mu[:, None]) ** 2).sum(axis=1) + prior_weight * v0) / n
-    sigma = np.sqrt(var * (1.0 + 1.0 / n))
-    z = (target - mu) / sigma
-    return 0.5 * np.array([math.erfc(v / math.sqrt(2.0)) for v in z])
+    return _chance_above(target, mu, np.sqrt(var * (1.0 + 1.0 / n)))
 
 
 def success_chance_linear(
@@ -183,19 +203,8 @@ def success_chance_linear(
     variance with one pseudo-trial."""
     if len(x_seen) == 0:
         return np.full(len(x_new), 0.5)
-    mean, scale = x_seen.mean(axis=0), x_seen.std(axis=0)
-    scale[scale == 0] = 1.0
-    z_seen = np.hstack([(x_seen - mean) / scale, np.ones((len(x_seen), 1))])
-    penalty = ridge * np.eye(z_seen.shape[1])
-    penalty[-1, -1] = 0.0
-    inv = np.linalg.pinv(z_seen.T @ z_seen + penalty)
-    w = inv @ z_seen.T @ acc
-    resid = acc - z_seen @ w
-    s2 = (float(resid @ resid) + float(acc.var()) + 1e-3) / (len(acc) + 1.0)
-    z = np.hstack([(x_new - mean) / scale, np.ones((len(x_new), 1))])
-    sigma = np.sqrt(s2 * (1.0 + np.einsum("ij,jk,ik->i", z, inv, z)))
-    t = (target - z @ w) / sigma
-    return 0.5 * np.array([math.erfc(v / math.sqrt(2.0)) for v in t])
+    mu, var = _predictive(x_seen, acc, x_new, ridge, float(acc.var()) + 1e-3, 1.0)
+    return _chance_above(target, mu, np.sqrt(var))
 
 
 def pick(p: np.ndarray, cost: np.ndarray) -> int:

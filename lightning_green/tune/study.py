@@ -154,13 +154,12 @@ def epochs_as_budget(cfg: DictConfig, params: list, base: dict[str, Any]) -> lis
     target = cfg.tune.get("target_accuracy")
     monitor = EPOCH_METRICS.get(cfg.tune.accuracy_metric)
     if target is not None and cfg.tune.strategy.get("stop_at_target", True) and monitor is not None:
-        callbacks = base.setdefault("callbacks", {}) or {}
+        base["callbacks"] = callbacks = base.get("callbacks") or {}
         callbacks["stop_at_target"] = {
             "_target_": "lightning_green.StopAtTarget",
             "monitor": monitor,
             "target": float(target),
         }
-        base["callbacks"] = callbacks
     return params
 
 
@@ -299,8 +298,9 @@ def run_study(
     write_json_atomic(out / STUDY_FILE, meta)
     meter = study_meter(cfg)
     # Ray's own per-trial JSON/CSV/TensorBoard files repeat what the trials' records and
-    # trials.csv hold, and cost about 0.25 s per trial on 2 cores: off unless tune.ray_loggers.
-    if not t.get("ray_loggers", False):
+    # trials.csv hold; tune.ray_loggers=false leaves them out (no measurable time either way:
+    # benchmarks/results/tune_overhead.txt).
+    if not t.get("ray_loggers", True):
         os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     t0, started = time.monotonic(), time.time()
     meter.begin_window("study")
@@ -334,7 +334,8 @@ def run_study(
         meta["stopped_by_energy_budget"] = bool(
             t.energy_budget_j and meta["energy_used_j"] >= t.energy_budget_j
         )
-        df["train_s"] = [_trained_seconds(p) for p in df["path"]]
+        windows = [_windows_span(p) for p in df["path"]]
+        df["train_s"] = [seconds for seconds, _ in windows]
         # A trial a scheduler stopped never sent its final report: its source is in its records
         missing = df["source"].isna() | (df["source"].astype(str) == "")
         df.loc[missing, "source"] = [_records_source(p) for p in df.loc[missing, "path"]]
@@ -344,8 +345,7 @@ def run_study(
         meta["overhead_per_trial_s"] = max(0.0, (wall_s * slots - float(df["train_s"].sum())) / len(df))
         # The study's fixed start-up (Ray, the first workers' imports, the first Trainer) apart
         # from what each further trial adds
-        first = [_first_window_start(p) for p in df["path"]]
-        first = [f for f in first if f is not None]
+        first = [start for _, start in windows if start is not None]
         if first:
             startup_s = max(0.0, min(first) - started)
             meta["startup_s"] = startup_s
@@ -390,21 +390,14 @@ def _records_source(path: Any) -> str:
     return ", ".join(f"{d}={src}" for d, src in sorted(sources.items()))
 
 
-def _first_window_start(path: Any) -> float | None:
-    """Unix time a trial's first EnergyMonitor window opened (``None`` without records)."""
+def _windows_span(path: Any) -> tuple[float, float | None]:
+    """Seconds a trial spent in EnergyMonitor's windows (training, validation, test), and the Unix
+    time its first window opened (``None`` without records)."""
     folder = Path(str(path))
     if not (folder / RECORDS_FILE).is_file():
-        return None
-    starts = [w.start_time for w in read_windows(folder)]
-    return min(starts) if starts else None
-
-
-def _trained_seconds(path: Any) -> float:
-    """Seconds a trial spent in EnergyMonitor's windows (training, validation, test)."""
-    folder = Path(str(path))
-    if not (folder / RECORDS_FILE).is_file():
-        return 0.0
-    return float(sum(w.seconds for w in read_windows(folder)))
+        return 0.0, None
+    windows = read_windows(folder)
+    return float(sum(w.seconds for w in windows)), min((w.start_time for w in windows), default=None)
 
 
 def trials_table(grid: Any, acc: str, energy: str) -> pd.DataFrame:
