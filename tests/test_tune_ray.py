@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import textwrap
 from pathlib import Path
 
@@ -215,6 +216,11 @@ def test_efficient_strategy_stops_weak_trials_on_the_architecture_space(tmp_path
         assert reached == (trial["accuracy"] >= 0.5), why
         assert reached or why.startswith("StopAtTarget: val_acc cannot reach 0.5"), why
     assert meta["study_energy_j"] >= meta["energy_used_j"]
+    # the searcher learnt from every trial's learning curve (one accuracy per epoch report), as
+    # its checkpoint in Ray's experiment folder shows
+    state = sorted((out / "ray" / "study").glob("searcher-state-*.pkl"))[-1]
+    done = pickle.loads(state.read_bytes())["done"]
+    assert sorted(len(curve) for *_, curve in done) == sorted(trials["epochs"].astype(int))
     # one progress line per finished trial, with the running total
     lines = [line for line in r.stdout.splitlines() if line.startswith("efficient seed 0 trial ")]
     assert len(lines) == 6 and "trials so far" in lines[-1]

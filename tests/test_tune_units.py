@@ -212,11 +212,12 @@ def test_cost_aware_maths():
     import numpy as np
 
     from lightning_green.tune.cost_aware import (
+        attempt_cost,
+        epochs_to_reach,
         features,
         fit_cost_model,
         pick,
         predict_log_cost,
-        success_chance,
     )
 
     params = [Param("optimizer.lr", "loguniform", 1e-4, 1e-1), Param("data.batch_size", "choice", values=(16, 64)),
@@ -229,11 +230,20 @@ def test_cost_aware_maths():
     x = rng.normal(size=(40, 2))
     model = fit_cost_model(x, 2 + 0.5 * x[:, 0] - x[:, 1], ridge=1e-9)
     assert predict_log_cost(model, np.array([[1.0, 2.0]]))[0] == pytest.approx(2 + 0.5 - 2, abs=1e-6)
-    # chance of success: near two trials at 0.95, far from one at 0.1 -> likely; near the 0.1 -> not
-    seen, acc = np.array([[0.0], [0.0], [10.0]]), np.array([0.95, 0.95, 0.1])
-    p = success_chance(seen, acc, np.array([[0.0], [10.0]]), target=0.9)
-    assert p[0] > 2 * p[1] and p[1] < 0.3
-    assert success_chance(np.zeros((0, 1)), np.zeros(0), np.array([[0.0]]), 0.9).tolist() == [0.5]
+    # epochs to reach 0.9: the first epoch at it, else logit accuracy extrapolated in log epochs
+    assert epochs_to_reach([0.5, 0.8, 0.91], 0.9) == 3.0
+    # one epoch at 0.5: slope 2 per log epoch (logit 0 -> logit 0.9 = ln 9) -> exp(ln 9 / 2) = 3
+    assert epochs_to_reach([0.5], 0.9) == pytest.approx(3.0)
+    # 0.5 -> 0.8 (logit ln 4 at log 2): slope 2 again -> 2 x exp((ln 9 - ln 4) / 2) = 2 x 1.5 = 3
+    assert epochs_to_reach([0.5, 0.8], 0.9) == pytest.approx(3.0)
+    # a flat curve gets the least slope (0.3): out of any budget, capped
+    assert epochs_to_reach([0.3, 0.3], 0.9, cap=100.0) == 100.0
+    assert epochs_to_reach([], 0.9, cap=50.0) == 50.0  # a trial that never reported
+    # just short of the target: at least half an epoch past the curve's end
+    assert epochs_to_reach([0.85, 0.899], 0.9) == 2.5
+    # an attempt: a success trains to the target, a failure until it is stopped
+    cost = attempt_cost(np.array([2.0, 1.0]), np.array([0.5, 1.0]), np.array([3.0, 2.0]), 1.0)
+    assert cost.tolist() == pytest.approx([2.0 * (0.5 * 3 + 0.5 * 1), 2.0])
     # Smith's rule: 0.5 chance for 1 J beats 0.9 chance for 3 J
     assert pick(np.array([0.9, 0.5]), np.array([3.0, 1.0])) == 1
 
@@ -279,21 +289,70 @@ def test_cost_aware_uses_model_flops_for_compact_features_and_a_cheap_start():
         [math.log(4000), math.log(16), math.log(1e-2), 1, 0]
     )
     assert prior_log_cost(params, config, flops) == pytest.approx(math.log(4000) - math.log(16))
-    # start-up trials come from the cheapest quarter by that prior (here: small width, big batch)
+    # start-up trials come from the cheaper half by that prior (not the cheapest quarter, which
+    # is nearly all of the biggest batch): small and mid-sized models at any batch size
+    grow = {
+        **{p.key: p for p in params},
+        "data.batch_size": Param("data.batch_size", "choice", values=(16, 64, 256)),
+    }
+    params = list(grow.values())
     s = CostAwareSearch(params, "val_acc", "energy_j", 0.9, 0.95, default_epochs=1, startup=3, seed=0,
-                        flops=lambda c: 1000.0 * c["model.width"])  # fmt: skip
-    starts = [s.propose() for _ in range(20)]
-    priors = [prior_log_cost(params, c, 1000.0 * c["model.width"]) for c in starts]
+                        flops=lambda c: 1000.0 * 10 ** (c["model.width"] / 2))  # fmt: skip
+    starts = [s.propose() for _ in range(40)]
+    priors = [prior_log_cost(params, c, 1000.0 * 10 ** (c["model.width"] / 2)) for c in starts]
     everything = [
-        prior_log_cost(params, c, 1000.0 * c["model.width"]) for c in (s.sample() for _ in range(2000))
+        prior_log_cost(params, c, 1000.0 * 10 ** (c["model.width"] / 2))
+        for c in (s.sample() for _ in range(4000))
     ]
-    assert max(priors) <= np.quantile(everything, 0.3)
-    assert len({c["optimizer.lr"] for c in starts}) == 20  # random among them, not one point
+    assert max(priors) <= np.quantile(everything, 0.55)
+    assert {c["data.batch_size"] for c in starts} == {16, 64, 256}  # a mix, not only the biggest
+    assert len({c["optimizer.lr"] for c in starts}) == 40  # random among them, not one point
     # the FLOPs function is rebuilt with the searcher, never pickled
     path = Path(tempfile.mkdtemp()) / "s.pkl"
     s.save(str(path))
     s.restore(str(path))
     assert s.flops is not None
+
+
+def test_cost_aware_learns_from_learning_curves_not_only_final_accuracy():
+    from lightning_green.tune.cost_aware import CostAwareSearch
+
+    params = [
+        Param("optimizer.lr", "loguniform", 1e-3, 1e-2),
+        Param("data.batch_size", "choice", values=(16, 256)),
+    ]
+    s = CostAwareSearch(params, "val_acc", "energy_j", 0.9, 0.95, default_epochs=6, startup=4, seed=0)
+    # batch 16 climbs fast (one run stopped after one epoch at 0.6 is on its way, not a failure),
+    # batch 256 stays flat; batch 256 costs half as much per epoch
+    runs = [(16, [0.6], 2.0), (256, [0.1, 0.12], 2.0), (16, [0.7, 0.93], 4.0), (256, [0.11, 0.1, 0.12], 3.0)]
+    for i, (batch, curve, joules) in enumerate(runs):
+        s.live[f"t{i}"] = {"optimizer.lr": 3e-3, "data.batch_size": batch}
+        for epoch, acc in enumerate(curve, start=1):
+            s.on_trial_result(f"t{i}", {"val_acc": acc, "training_iteration": epoch})
+        s.on_trial_result(f"t{i}", {"val_acc": curve[-1], "final": True})  # the final report adds no epoch
+        s.on_trial_complete(f"t{i}", {"val_acc": curve[-1], "energy_j": joules, "epochs": len(curve)})
+    assert [d[4] for d in s.done] == [curve for _, curve, _ in runs]
+    picks = [s.propose()["data.batch_size"] for _ in range(20)]
+    assert picks.count(16) >= 18, picks
+
+
+def test_start_up_trials_fill_the_space():
+    from lightning_green.tune.cost_aware import CostAwareSearch
+
+    lr = Param("optimizer.lr", "loguniform", 1e-4, 1e-2)
+    batch = Param("data.batch_size", "choice", values=(16, 64, 256))
+    assert lr.unit(1e-3) == pytest.approx(0.5) and batch.unit(256) == 1.0
+    assert Param("model.conv_layers", "int", 1, 4).unit(2) == pytest.approx(1 / 3)
+    s = CostAwareSearch([lr, batch], "val_acc", "energy_j", 0.9, 0.95, default_epochs=3, startup=3, seed=0)
+    s.live["t0"] = {"optimizer.lr": 1e-4, "data.batch_size": 16}
+    # the next start-up trial is the candidate farthest from the first: the other corner
+    second = s.propose()
+    assert lr.unit(second["optimizer.lr"]) > 0.8 and second["data.batch_size"] == 256
+    s.live["t1"] = second
+    third = s.propose()  # then one of the two corners left (distance 1 from both), not near either
+    unit = lambda c: (lr.unit(c["optimizer.lr"]), batch.unit(c["data.batch_size"]))  # noqa: E731
+    gaps = [math.dist(unit(third), unit(c)) for c in s.live.values()]
+    assert min(gaps) > 0.9, (third, gaps)
 
 
 def test_stop_at_target_stops_at_the_target_or_when_out_of_reach(tmp_path: Path):
@@ -331,10 +390,10 @@ def test_stop_at_target_stops_at_the_target_or_when_out_of_reach(tmp_path: Path)
     assert epochs == 5 and why.startswith("val_acc reached")
 
 
-def test_expected_cost_grows_away_from_what_was_measured_and_chance_follows_a_trend():
+def test_expected_cost_grows_away_from_what_was_measured_and_reach_follows_a_trend():
     import numpy as np
 
-    from lightning_green.tune.cost_aware import expected_cost, expected_epochs, success_chance_linear
+    from lightning_green.tune.cost_aware import expected_cost, reach_model
 
     # cost measured at log batch 4 and 5 (the same law): a batch never tried costs more in
     # expectation than its point prediction, and more the further it is
@@ -345,11 +404,17 @@ def test_expected_cost_grows_away_from_what_was_measured_and_chance_follows_a_tr
     # by hand: with two identical points the residual is 0, s^2 = 2 x 0.25 / 4, leverage 1/2
     one = expected_cost(np.array([[0.0], [0.0]]), np.array([0.0, 0.0]), np.array([[0.0]]))
     assert one[0] == pytest.approx(math.exp(0.5 * (0.5 / 4) * 1.5))
-    # chance of success follows a trend: failures at large batches, successes at small ones
-    seen = np.array([[16.0], [32.0], [256.0], [128.0]])
-    acc = np.array([0.95, 0.93, 0.1, 0.3])
-    p = success_chance_linear(np.log(seen), acc, np.log(np.array([[24.0], [200.0], [16.0]])), target=0.9)
-    assert p[1] < 0.01 < 0.3 < p[0] < p[2]  # falls along the batch size, not only near the failures
-    assert success_chance_linear(np.zeros((0, 1)), np.zeros(0), np.zeros((1, 1)), 0.9).tolist() == [0.5]
-    # a likely success trains until the target, a likely failure stops early
-    assert expected_epochs(np.array([0.0, 1.0, 0.5]), 1.0, 4.0).tolist() == [1.0, 4.0, 2.5]
+    # epochs to the target grow with the batch size (fewer steps per epoch): 1 epoch at 16,
+    # 2 at 32, 16 at 256 -> within 6 epochs likely at 24, not at 200, and a trend, not only
+    # near the trials
+    seen = np.log(np.array([[16.0], [32.0], [256.0], [128.0]] * 5))
+    log_epochs = np.log(np.array([1.0, 2.0, 16.0, 8.0] * 5))
+    new = np.log(np.array([[24.0], [200.0], [16.0]]))
+    p, epochs = reach_model(seen, log_epochs, new, np.full(3, 6.0), ridge=1e-6)
+    assert p[1] < 0.05 < 0.9 < p[0] <= p[2], p
+    # expected epochs of a success: the law's 1.5 at batch 24 (2 once rounded), 1 at 16
+    assert epochs[2] == pytest.approx(1.0, abs=0.05) and 1.0 <= epochs[0] <= 2.0
+    # by hand: twenty trials at exactly e epochs -> s^2 = 1 / 21 (the pseudo-trial), a chance
+    # Phi((log h - log e) / s) of h epochs sufficing
+    p, _ = reach_model(np.zeros((20, 1)), np.full(20, math.log(3.0)), np.zeros((1, 1)), np.array([3.0]))
+    assert p[0] == pytest.approx(0.5)

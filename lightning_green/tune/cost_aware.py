@@ -12,17 +12,28 @@ from the trials so far:
   built model) the cost features are few and physical: log FLOPs per sample, log batch size
   (optimizer steps per epoch) and the searched choices (precision); without it, every feature.
   Until ``startup`` trials have finished nothing is measured: start-up trials are random among
-  the cheapest quarter of the candidates by the prior log FLOPs - log batch size (compute and
-  per-step cost weighted alike), or among those with the fewest epochs without FLOPs.
-- ``p``: a kernel regression of the trials' accuracies (Gaussian kernel on standardised
-  features), shrunk towards their overall mean and spread, read as a normal predictive
-  distribution: the chance that the configuration's accuracy reaches the target. Where few
-  trials are near, the spread is wide and the chance moderate, so unexplored regions stay in play;
-  a new batch of random candidates each time keeps the choice varied.
+  the cheaper half of the candidates by the prior cost per epoch, log FLOPs - log batch size
+  (compute and per-step cost weighted alike), or among those with the fewest epochs without
+  FLOPs: no start-up trial can cost more per epoch than the median candidate. Not the cheapest
+  quarter, as an earlier version had it: nearly all of that is the biggest batch size, which
+  takes the fewest optimizer steps per epoch and so needs the most epochs to reach a target.
+- ``p``, and how many epochs a success takes: every trial's learning curve (its accuracy after
+  each epoch) says how many epochs that configuration needs to reach the target: the first
+  epoch at or above it, or, for a curve that stopped short (ASHA, out of reach, or the budget),
+  an extrapolation of its logit accuracy, linear in log epochs, from its last three epochs
+  (:func:`epochs_to_reach`). A curve cut at 0.8 after one epoch is a configuration that needs
+  about two, not a failure at 0.8: the scheduler's stops do not teach the model that a region
+  fails. A Bayesian ridge regression of log epochs-to-target on the success features (log
+  FLOPs, log batch size, learning rate, precision) gives each candidate a normal predictive
+  distribution, wide away from the trials; ``p`` is its chance of needing no more epochs than
+  the trial may train, and the expected epochs of a success are its mean below that
+  (:func:`reach_model`). A candidate's expected cost is its predicted energy per epoch times
+  ``p`` x those epochs plus ``1 - p`` x the epochs failed trials ran before they were stopped
+  (:func:`attempt_cost`).
 
 Once a trial reaches the target, the target becomes the best accuracy so far: the search goes on
-looking for improvements, still cheapest-chance-first. A trial stopped early by a scheduler counts
-with the accuracy it had when stopped, and its energy per epoch still informs the cost model.
+looking for improvements, still cheapest-chance-first. A trial stopped early by a scheduler
+counts with the curve it had when stopped, and its energy per epoch still informs the cost model.
 """
 
 from __future__ import annotations
@@ -99,10 +110,14 @@ def success_features(params: list[Param], config: dict[str, Any], flops: float |
 
 
 def prior_log_cost(params: list[Param], config: dict[str, Any], flops: float) -> float:
-    """Before any trial is measured: log FLOPs per sample - log batch size (compute and per-step
-    overhead weighted alike; only the ranking of candidates matters)."""
+    """Before any trial is measured, a candidate's cost per epoch: log FLOPs per sample - log
+    batch size (compute and per-step overhead weighted alike; only the ranking matters)."""
     size = size_features(params, config, flops)
     return size[0] - (size[1] if len(size) > 1 else 0.0)
+
+
+#: Start-up trials come from this cheaper fraction of the candidates by prior cost per epoch.
+STARTUP_QUANTILE = 0.5
 
 
 def _design(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -135,11 +150,6 @@ def _predictive(
     return z @ w, s2 * (1.0 + np.einsum("ij,jk,ik->i", z, inv, z))
 
 
-def _chance_above(target: float, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """1 - Phi((target - mu) / sigma): the normal chance of reaching ``target``."""
-    return 0.5 * np.array([math.erfc(v / math.sqrt(2.0)) for v in (target - mu) / sigma])
-
-
 def fit_cost_model(
     x: np.ndarray, log_cost: np.ndarray, ridge: float = 1e-2
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -165,46 +175,66 @@ def expected_cost(
     return np.exp(mu + 0.5 * var)
 
 
-def expected_epochs(p: np.ndarray, failed_epochs: float, success_epochs: float) -> np.ndarray:
-    """Epochs a trial is expected to train when epochs are the budget: a failure ends early
-    (ASHA, or out of reach), a success trains until it reaches the target."""
-    return (1.0 - p) * failed_epochs + p * success_epochs
+def _logit(acc: float) -> float:
+    a = min(max(float(acc), 0.01), 0.995)  # a 0% or 100% epoch still has a finite logit
+    return math.log(a / (1.0 - a))
 
 
-def success_chance(
-    x_seen: np.ndarray, acc: np.ndarray, x_new: np.ndarray, target: float, prior_weight: float = 1.0
+#: Logit accuracy gained per unit of log epochs when a curve has a single point (0.5 after one
+#: epoch -> 0.9 after three), and the least slope an extrapolation may assume.
+DEFAULT_SLOPE, MIN_SLOPE = 2.0, 0.3
+
+
+def epochs_to_reach(curve: list[float], target: float, cap: float = 100.0) -> float:
+    """Epochs a learning curve (accuracy after epoch 1, 2, ...) needs to reach ``target``: the
+    first epoch at or above it; for a curve that ends below it, its logit accuracy extrapolated
+    linearly in log epochs from its last three epochs (one epoch: slope :data:`DEFAULT_SLOPE`;
+    a flat or falling curve: :data:`MIN_SLOPE`), at least half an epoch past its end, at most ``cap``."""
+    for epoch, acc in enumerate(curve, start=1):
+        if acc >= target:
+            return float(epoch)
+    k = len(curve)
+    if k == 0:
+        return cap
+    x = np.log(np.arange(1, k + 1, dtype=float))[-3:]
+    y = np.array([_logit(a) for a in curve])[-3:]
+    slope = float(np.polyfit(x, y, 1)[0]) if len(x) >= 2 else DEFAULT_SLOPE
+    slope = max(slope, MIN_SLOPE)
+    needed = math.exp(x[-1] + (_logit(target) - y[-1]) / slope)
+    return float(min(max(needed, k + 0.5), cap))
+
+
+#: Normal quadrature nodes for the expected epochs of a success.
+_Z = np.linspace(-4.0, 4.0, 81)
+_W = np.exp(-0.5 * _Z**2)
+
+
+def reach_model(
+    x_seen: np.ndarray, log_epochs: np.ndarray, x_new: np.ndarray, horizon: np.ndarray, ridge: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each new point: the chance that it reaches the target within ``horizon`` epochs, and
+    the epochs it trains when it does (rounded to whole epochs: a curve reports the first whole
+    epoch at the target, validation coming at each epoch's end), under a
+    Bayesian ridge regression of the seen trials' log epochs-to-target (predictive variance
+    ``s^2 (1 + z (Z'Z + R)^-1 z')``, ``s^2`` shrunk towards 1, a factor e, with one pseudo-trial)."""
+    mu, var = _predictive(x_seen, log_epochs, x_new, ridge, 1.0, 1.0)
+    sd = np.sqrt(var)
+    h = np.asarray(horizon, dtype=float)
+    p = 0.5 * np.array([math.erfc(-v / math.sqrt(2.0)) for v in (np.log(h) - mu) / sd])
+    log_e = np.minimum(mu[:, None] + sd[:, None] * _Z[None, :], math.log(1e6))  # no overflow far out
+    epochs = np.maximum(1.0, np.round(np.exp(log_e)))
+    inside = epochs <= h[:, None]
+    w = _W[None, :] * inside
+    mean = np.where(inside.any(axis=1), (w * epochs).sum(axis=1) / np.maximum(w.sum(axis=1), 1e-300), h)
+    return p, mean
+
+
+def attempt_cost(
+    per_epoch: np.ndarray, p: np.ndarray, success_epochs: np.ndarray, failed_epochs: float
 ) -> np.ndarray:
-    """Chance that each new point's accuracy reaches ``target``: a kernel regression of the seen
-    accuracies (Gaussian kernel on features standardised by the seen trials' spread, bandwidth
-    0.75 x sqrt(dimensions)), shrunk towards their overall mean and variance with ``prior_weight``
-    pseudo-trials, read through a normal predictive distribution: 1 - Phi((target - mu) / sigma)."""
-    if len(x_seen) == 0:
-        return np.full(len(x_new), 0.5)
-    scale = x_seen.std(axis=0)
-    scale[scale == 0] = 1.0
-    bandwidth = 0.75 * math.sqrt(x_seen.shape[1])
-    d2 = (((x_new[:, None, :] - x_seen[None, :, :]) / scale) ** 2).sum(axis=2)
-    w = np.exp(-0.5 * d2 / bandwidth**2)
-    m0, v0 = float(acc.mean()), float(acc.var()) + 1e-4
-    n = w.sum(axis=1) + prior_weight
-    mu = (w @ acc + prior_weight * m0) / n
-    var = ((w * (acc[None, :] - mu[:, None]) ** 2).sum(axis=1) + prior_weight * v0) / n
-    return _chance_above(target, mu, np.sqrt(var * (1.0 + 1.0 / n)))
-
-
-def success_chance_linear(
-    x_seen: np.ndarray, acc: np.ndarray, x_new: np.ndarray, target: float, ridge: float = 1.0
-) -> np.ndarray:
-    """Chance that each new point's accuracy reaches ``target`` under a Bayesian ridge regression
-    of the seen accuracies on standardised features (a trend: a larger batch or a lower learning
-    rate keeps failing, so the chance falls along that direction, not only near the failures),
-    read through its normal predictive distribution, whose variance grows away from the trials:
-    ``s^2 (1 + z (Z'Z + R)^-1 z')``, ``s^2`` the residual variance shrunk towards the accuracies'
-    variance with one pseudo-trial."""
-    if len(x_seen) == 0:
-        return np.full(len(x_new), 0.5)
-    mu, var = _predictive(x_seen, acc, x_new, ridge, float(acc.var()) + 1e-3, 1.0)
-    return _chance_above(target, mu, np.sqrt(var))
+    """Expected energy of one attempt: a success trains until it reaches the target, a failure
+    until it is stopped (``failed_epochs``: what failed trials ran so far)."""
+    return per_epoch * (p * success_epochs + (1.0 - p) * failed_epochs)
 
 
 def pick(p: np.ndarray, cost: np.ndarray) -> int:
@@ -240,9 +270,10 @@ class CostAwareSearch(Searcher):
         self.rng = np.random.default_rng(seed)
         self.flops = flops
         self.live: dict[str, dict[str, Any]] = {}
+        self.curves: dict[str, list[float]] = {}  # running trials' accuracy after each epoch
         self.done: list[
-            tuple[dict[str, Any], float | None, float | None, float]
-        ] = []  # config, acc, J, epochs
+            tuple[dict[str, Any], float | None, float | None, float, list[float]]
+        ] = []  # config, acc, J, epochs, learning curve
         self.best = 0.0
 
     # ------------------------------------------------------------------ Ray's Searcher API
@@ -254,15 +285,24 @@ class CostAwareSearch(Searcher):
         self.live[trial_id] = config
         return nested(config)
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Each epoch's report extends the trial's learning curve (the final report repeats it)."""
+        acc = result.get(self.accuracy_metric)
+        if trial_id in self.live and not result.get("final") and acc is not None and acc == acc:
+            self.curves.setdefault(trial_id, []).append(float(acc))
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         config = self.live.pop(trial_id, None)
+        curve = self.curves.pop(trial_id, [])
         if config is None:
             return
         r = result or {}
         acc, joules = r.get(self.accuracy_metric), r.get(self.energy_metric)
         epochs = r.get("epochs") or r.get("training_iteration") or self.epochs(config)
         acc = None if acc is None or acc != acc else float(acc)
-        self.done.append((config, acc, None if joules is None else float(joules), float(epochs)))
+        if not curve and acc is not None:  # no epoch reports seen: the final accuracy is all there is
+            curve = [acc]
+        self.done.append((config, acc, None if joules is None else float(joules), float(epochs), curve))
         if acc is not None:
             self.best = max(self.best, acc)
 
@@ -302,29 +342,47 @@ class CostAwareSearch(Searcher):
     def _flops(self, config: dict[str, Any]) -> float | None:
         return self.flops(config) if self.flops is not None else None
 
+    def spread(self, cands: list[dict[str, Any]]) -> dict[str, Any]:
+        """The start-up's space-filling design: the first at random, then each the candidate
+        farthest (in the unit cube of the searched values) from the nearest earlier start-up
+        trial, so a few start-up trials cover the learning rates and batch sizes instead of
+        landing on one end by chance (greedy maximin)."""
+        earlier = [c for c, *_ in self.done] + list(self.live.values())
+        if not earlier:
+            return cands[int(self.rng.integers(len(cands)))]
+        unit = lambda c: np.array([p.unit(c[p.key]) for p in self.params])  # noqa: E731
+        seen = np.stack([unit(c) for c in earlier])
+        gaps = [float(np.min(np.linalg.norm(seen - unit(c), axis=1))) for c in cands]
+        return cands[int(np.argmax(gaps))]
+
     def propose(self) -> dict[str, Any]:
         seen = self.done
         cands = [self.sample() for _ in range(self.candidates)]
         flops = [self._flops(c) for c in cands]
         if len(seen) < max(self.startup, 1):
-            # Nothing measured yet. With FLOPs: random among the cheapest quarter by the prior;
-            # without: the only cost known is that energy grows with the epochs.
+            # Nothing measured yet. With FLOPs: the cheaper half by prior cost per epoch (see the
+            # module docstring); without: the fewest epochs. Spread out among those.
             if all(flops):
                 prior = np.array(
                     [prior_log_cost(self.params, c, f) for c, f in zip(cands, flops, strict=True)]
                 )
-                cheap = np.flatnonzero(prior <= np.quantile(prior, 0.25))
-                return cands[int(self.rng.choice(cheap))]
+                return self.spread(
+                    [cands[i] for i in np.flatnonzero(prior <= np.quantile(prior, STARTUP_QUANTILE))]
+                )
             epochs = np.array([self.epochs(c) for c in cands])
-            return cands[int(np.argmin(epochs))]
+            return self.spread([c for c, e in zip(cands, epochs, strict=True) if e == epochs.min()])
+        target = self.target()
         x_new = np.stack([success_features(self.params, c, f) for c, f in zip(cands, flops, strict=True)])
         x_seen = np.stack([success_features(self.params, c, self._flops(c)) for c, *_ in seen])
-        acc = np.array([0.0 if a is None else a for _, a, _, _ in seen])  # no accuracy: a failed trial
-        chance = success_chance_linear if all(flops) else success_chance
-        p = chance(x_seen, acc, x_new, self.target())
+        # a failed trial (no accuracy, no curve) needs more epochs than any trial may train
+        log_epochs = np.log([epochs_to_reach(curve, target) for *_, curve in seen])
+        searched = any(p_.key == EPOCHS_KEY for p_ in self.params)
+        # the epochs a trial may train: its own searched value, else the budget every trial has
+        horizon = np.array([self.epochs(c) for c in cands])
+        p, success_epochs = reach_model(x_seen, log_epochs, x_new, horizon)
         costed = [
             (cost_features(self.params, c, self._flops(c)), j / max(e, 1.0))
-            for c, _, j, e in seen
+            for c, _, j, e, _ in seen
             if j is not None and j > 0
         ]
         if len(costed) >= 2:
@@ -334,14 +392,9 @@ class CostAwareSearch(Searcher):
             )
         else:
             per_epoch = np.ones(len(cands))
-        if any(p_.key == EPOCHS_KEY for p_ in self.params):
-            epochs = np.array([self.epochs(c) for c in cands])
-        else:  # epochs are the budget: a likely success trains longer than a likely failure
-            reached = [e for _, a, _, e in seen if a is not None and a >= self.target()]
-            failed = [e for _, a, _, e in seen if a is None or a < self.target()]
-            epochs = expected_epochs(
-                p,
-                float(np.mean(failed)) if failed else 1.0,
-                float(np.mean(reached)) if reached else max(self.default_epochs / 2.0, 1.0),
-            )
-        return cands[pick(p, per_epoch * epochs)]
+        if searched:  # a searched number of epochs is trained in full unless the target comes first
+            failed = horizon
+        else:  # epochs are the budget: a likely failure is stopped early, as failures were so far
+            ran = [e for _, a, _, e, _ in seen if a is None or a < target]
+            failed = float(np.mean(ran)) if ran else 1.0
+        return cands[pick(p, attempt_cost(per_epoch, p, success_epochs, failed))]

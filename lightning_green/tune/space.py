@@ -49,6 +49,16 @@ class Param:
             return tune.randint(int(self.low), int(self.high) + 1)  # randint's upper bound is exclusive
         return tune.choice(list(self.values))
 
+    def unit(self, value: Any) -> float:
+        """``value``'s place in the range, in [0, 1] (log scale for loguniform, the index for a
+        choice): what a space-filling start-up spreads out."""
+        if self.type == "choice":
+            return self.values.index(value) / max(len(self.values) - 1, 1)
+        lo, hi, v = float(self.low), float(self.high), float(value)
+        if self.type == "loguniform":
+            lo, hi, v = math.log(lo), math.log(hi), math.log(v)
+        return (v - lo) / (hi - lo) if hi > lo else 0.5
+
     def levels(self, n: int) -> list[Any]:
         """``n`` grid levels: the midpoints of ``n`` equal bins of [low, high) (log bins for loguniform),
         every integer or choice when there are at most ``n``."""
