@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 import pickle
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -242,6 +242,16 @@ def pick(p: np.ndarray, cost: np.ndarray) -> int:
     return int(np.argmax(p / np.maximum(cost, 1e-12)))
 
 
+class Finished(NamedTuple):
+    """A finished trial as the searcher learns from it (module-level: Ray pickles the searcher)."""
+
+    config: dict[str, Any]
+    accuracy: float | None  # None: the trial failed or reported none
+    joules: float | None
+    epochs: float
+    curve: list[float]  # accuracy after each epoch
+
+
 class CostAwareSearch(Searcher):
     """Ray Tune searcher choosing, among ``candidates`` random configurations, the one with the
     highest chance of reaching the target accuracy per predicted joule.
@@ -271,9 +281,7 @@ class CostAwareSearch(Searcher):
         self.flops = flops
         self.live: dict[str, dict[str, Any]] = {}
         self.curves: dict[str, list[float]] = {}  # running trials' accuracy after each epoch
-        self.done: list[
-            tuple[dict[str, Any], float | None, float | None, float, list[float]]
-        ] = []  # config, acc, J, epochs, learning curve
+        self.done: list[Finished] = []
         self.best = 0.0
 
     # ------------------------------------------------------------------ Ray's Searcher API
@@ -302,7 +310,9 @@ class CostAwareSearch(Searcher):
         acc = None if acc is None or acc != acc else float(acc)
         if not curve and acc is not None:  # no epoch reports seen: the final accuracy is all there is
             curve = [acc]
-        self.done.append((config, acc, None if joules is None else float(joules), float(epochs), curve))
+        self.done.append(
+            Finished(config, acc, None if joules is None else float(joules), float(epochs), curve)
+        )
         if acc is not None:
             self.best = max(self.best, acc)
 
@@ -347,13 +357,15 @@ class CostAwareSearch(Searcher):
         farthest (in the unit cube of the searched values) from the nearest earlier start-up
         trial, so a few start-up trials cover the learning rates and batch sizes instead of
         landing on one end by chance (greedy maximin)."""
-        earlier = [c for c, *_ in self.done] + list(self.live.values())
+        earlier = [d.config for d in self.done] + list(self.live.values())
         if not earlier:
             return cands[int(self.rng.integers(len(cands)))]
-        unit = lambda c: np.array([p.unit(c[p.key]) for p in self.params])  # noqa: E731
-        seen = np.stack([unit(c) for c in earlier])
-        gaps = [float(np.min(np.linalg.norm(seen - unit(c), axis=1))) for c in cands]
+        seen = np.stack([self._unit(c) for c in earlier])
+        gaps = [float(np.min(np.linalg.norm(seen - self._unit(c), axis=1))) for c in cands]
         return cands[int(np.argmax(gaps))]
+
+    def _unit(self, config: dict[str, Any]) -> np.ndarray:
+        return np.array([p.unit(config[p.key]) for p in self.params])
 
     def propose(self) -> dict[str, Any]:
         seen = self.done
@@ -373,17 +385,17 @@ class CostAwareSearch(Searcher):
             return self.spread([c for c, e in zip(cands, epochs, strict=True) if e == epochs.min()])
         target = self.target()
         x_new = np.stack([success_features(self.params, c, f) for c, f in zip(cands, flops, strict=True)])
-        x_seen = np.stack([success_features(self.params, c, self._flops(c)) for c, *_ in seen])
+        x_seen = np.stack([success_features(self.params, d.config, self._flops(d.config)) for d in seen])
         # a failed trial (no accuracy, no curve) needs more epochs than any trial may train
-        log_epochs = np.log([epochs_to_reach(curve, target) for *_, curve in seen])
+        log_epochs = np.log([epochs_to_reach(d.curve, target) for d in seen])
         searched = any(p_.key == EPOCHS_KEY for p_ in self.params)
         # the epochs a trial may train: its own searched value, else the budget every trial has
         horizon = np.array([self.epochs(c) for c in cands])
         p, success_epochs = reach_model(x_seen, log_epochs, x_new, horizon)
         costed = [
-            (cost_features(self.params, c, self._flops(c)), j / max(e, 1.0))
-            for c, _, j, e, _ in seen
-            if j is not None and j > 0
+            (cost_features(self.params, d.config, self._flops(d.config)), d.joules / max(d.epochs, 1.0))
+            for d in seen
+            if d.joules is not None and d.joules > 0
         ]
         if len(costed) >= 2:
             x_cost = np.stack([cost_features(self.params, c, f) for c, f in zip(cands, flops, strict=True)])
@@ -395,6 +407,6 @@ class CostAwareSearch(Searcher):
         if searched:  # a searched number of epochs is trained in full unless the target comes first
             failed = horizon
         else:  # epochs are the budget: a likely failure is stopped early, as failures were so far
-            ran = [e for _, a, _, e, _ in seen if a is None or a < target]
+            ran = [d.epochs for d in seen if d.accuracy is None or d.accuracy < target]
             failed = float(np.mean(ran)) if ran else 1.0
         return cands[pick(p, attempt_cost(per_epoch, p, success_epochs, failed))]
