@@ -11,9 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import PYTHON, REPO, run_in_loopback_netns
+from omegaconf import OmegaConf
 
 from lightning_green.records import read_run, read_summary, read_windows
 from lightning_green.report.pareto import pareto_mask
+from lightning_green.tune.cost_aware import startup_points
+from lightning_green.tune.space import parse_space
 
 pytestmark = pytest.mark.slow
 BIN = Path(os.sys.executable).parent
@@ -79,6 +82,12 @@ def test_compare_runs_every_strategy_and_writes_table_and_plots(tmp_path: Path):
     for _, f in front.iterrows():
         assert not ((multi["accuracy"] >= f["accuracy"]) & (multi["energy_j"] <= f["energy_j"])
                     & ((multi["accuracy"] > f["accuracy"]) | (multi["energy_j"] < f["energy_j"]))).any()  # fmt: skip
+    # multi starts from the cost-aware start-up points, in order (Optuna's enqueued trials; the
+    # study's space has one model, so every FLOPs count is the same)
+    space = parse_space(OmegaConf.load(REPO / "lightning_green/conf/tune/space/paper.yaml").params)
+    first = startup_points(space, 5, 0, lambda c: 1.0)[:3]
+    ran = multi.sort_values("order")[[f"param.{p.key}" for p in space]].to_numpy().ravel().tolist()
+    assert ran == pytest.approx([c[p.key] for c in first for p in space], rel=1e-9)
     for name in ("compare.md", "anytime.png", "accuracy_vs_energy.png"):
         assert (out / name).stat().st_size > 0
     text = (out / "compare.md").read_text()

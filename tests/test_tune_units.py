@@ -123,6 +123,10 @@ def test_bad_spaces_name_the_key(spec, message):
             r"tune\.strategy\.sampler must be one of gp, tpe",
         ),
         (["tune.num_samples=0"], r"tune\.num_samples must be an integer >= 1"),
+        (
+            ["tune/strategy=multi", "tune.strategy.cost_aware_startup=1"],
+            r"tune\.strategy\.cost_aware_startup must be true or false; got 1",
+        ),
         (["tune.scheduler=hyperband"], "tune.scheduler must be one of fifo, asha"),
         (["trainer.max_epochs=0"], r"trainer\.max_epochs"),
         (["tune.space.params.optimizer.beta2.low=1.5"], r"optimizer\.beta2: the range \[1\.5, 1\.0\)"),
@@ -271,7 +275,9 @@ def test_cost_aware_uses_model_flops_for_compact_features_and_a_cheap_start():
     from lightning_green.tune.cost_aware import (
         CostAwareSearch,
         cost_features,
-        prior_log_cost,
+        log_step_budget,
+        prior_log_costs,
+        startup_points,
         success_features,
     )
 
@@ -288,25 +294,53 @@ def test_cost_aware_uses_model_flops_for_compact_features_and_a_cheap_start():
     assert success_features(params, config, flops).tolist() == pytest.approx(
         [math.log(4000), math.log(16), math.log(1e-2), 1, 0]
     )
-    assert prior_log_cost(params, config, flops) == pytest.approx(math.log(4000) - math.log(16))
-    # start-up trials come from the cheaper half by that prior (not the cheapest quarter, which
-    # is nearly all of the biggest batch): small and mid-sized models at any batch size
+    # the prior cost: steps per epoch x (a fixed overhead + batch x FLOPs), the two equal at the
+    # median candidate: here batch x FLOPs is 16e3, 64e3, 2.56e6; the median 64e3
+    configs = [dict(config, **{"data.batch_size": b}) for b in (16, 64, 256)]
+    assert prior_log_costs(params, configs, [1000.0, 1000.0, 10000.0]).tolist() == pytest.approx(
+        [math.log((64e3 + 16e3) / 16), math.log((64e3 + 64e3) / 64), math.log((64e3 + 2.56e6) / 256)]
+    )
+    # searched epochs multiply it; the step budget is log(lr / batch), x epochs when searched
+    with_epochs = [*params, Param("trainer.max_epochs", "int", 1, 6)]
+    assert prior_log_costs(with_epochs, [dict(config, **{"trainer.max_epochs": 3})], [flops])[
+        0
+    ] == pytest.approx(math.log(2 * 64e3 / 16) + math.log(3))
+    assert log_step_budget(params, config) == pytest.approx(math.log(1e-2 / 16))
+    assert log_step_budget(with_epochs, dict(config, **{"trainer.max_epochs": 3})) == pytest.approx(
+        math.log(1e-2 / 16 * 3)
+    )
+    assert math.isnan(log_step_budget(params[1:], config))  # no learning rate searched
+    # start-up trials come from the cheapest quarter by that prior, and of those the upper half by
+    # step budget (a cheap configuration at a low learning rate cannot get far in a few epochs)
     grow = {
         **{p.key: p for p in params},
         "data.batch_size": Param("data.batch_size", "choice", values=(16, 64, 256)),
     }
     params = list(grow.values())
+
+    def flops_of(c: dict) -> float:
+        return 1000.0 * 10 ** (c["model.width"] / 2)
+
     s = CostAwareSearch(params, "val_acc", "energy_j", 0.9, 0.95, default_epochs=1, startup=3, seed=0,
-                        flops=lambda c: 1000.0 * 10 ** (c["model.width"] / 2))  # fmt: skip
+                        flops=flops_of)  # fmt: skip
     starts = [s.propose() for _ in range(40)]
-    priors = [prior_log_cost(params, c, 1000.0 * 10 ** (c["model.width"] / 2)) for c in starts]
-    everything = [
-        prior_log_cost(params, c, 1000.0 * 10 ** (c["model.width"] / 2))
-        for c in (s.sample() for _ in range(4000))
-    ]
-    assert max(priors) <= np.quantile(everything, 0.55)
-    assert {c["data.batch_size"] for c in starts} == {16, 64, 256}  # a mix, not only the biggest
-    assert len({c["optimizer.lr"] for c in starts}) == 40  # random among them, not one point
+    pool = [s.sample() for _ in range(4000)]
+    prior = prior_log_costs(params, pool, [flops_of(c) for c in pool])
+    cheap = prior <= np.quantile(prior, 0.25)
+    steps = np.array([log_step_budget(params, c) for c in pool])
+    start_prior = prior_log_costs(params, pool + starts, [flops_of(c) for c in pool + starts])[len(pool) :]
+    assert max(start_prior) <= np.quantile(prior, 0.3)
+    assert min(log_step_budget(params, c) for c in starts) >= np.quantile(steps[cheap], 0.45)
+    # which leaves out the cheap configurations at the lowest learning rates, and no two alike
+    assert np.quantile(steps[cheap], 0.45) > np.quantile(steps, 0.25)
+    assert len({c["optimizer.lr"] for c in starts}) == 40
+    # the same start-up, as points another searcher starts from (multi enqueues them in Optuna)
+    points = startup_points(params, 3, 0, flops_of)
+    again = CostAwareSearch(params, "val_acc", "energy_j", None, 1.0, default_epochs=1, startup=3, seed=0,
+                            flops=flops_of)  # fmt: skip
+    for i in range(3):
+        again.suggest(f"t{i}")
+    assert points == list(again.live.values())  # where the cost-aware searcher itself starts
     # the FLOPs function is rebuilt with the searcher, never pickled
     path = Path(tempfile.mkdtemp()) / "s.pkl"
     s.save(str(path))

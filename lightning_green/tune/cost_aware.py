@@ -11,12 +11,14 @@ from the trials so far:
   With a ``flops`` function (the strategy counts each model's forward FLOPs per sample on the
   built model) the cost features are few and physical: log FLOPs per sample, log batch size
   (optimizer steps per epoch) and the searched choices (precision); without it, every feature.
-  Until ``startup`` trials have finished nothing is measured: start-up trials are random among
-  the cheaper half of the candidates by the prior cost per epoch, log FLOPs - log batch size
-  (compute and per-step cost weighted alike), or among those with the fewest epochs without
-  FLOPs: no start-up trial can cost more per epoch than the median candidate. Not the cheapest
-  quarter, as an earlier version had it: nearly all of that is the biggest batch size, which
-  takes the fewest optimizer steps per epoch and so needs the most epochs to reach a target.
+  Until ``startup`` trials have finished nothing is measured: start-up trials come from the
+  cheapest quarter of the candidates by a prior cost (steps per epoch x a step's fixed overhead
+  plus its compute, :func:`prior_log_costs`) and, of those, the upper half by step budget
+  (learning rate x optimizer steps, :func:`log_step_budget`), spread out in the searched space
+  (:func:`startup_pool`, :meth:`CostAwareSearch.spread`); without FLOPs, those with the fewest
+  epochs. Cheap is not enough: the cheapest configurations take the fewest steps, and at a low
+  learning rate they fail whatever else they are. :func:`startup_points` hands the same
+  start-up to other searchers (the ``multi`` strategy's Optuna study starts from it).
 - ``p``, and how many epochs a success takes: every trial's learning curve (its accuracy after
   each epoch) says how many epochs that configuration needs to reach the target: the first
   epoch at or above it, or, for a curve that stopped short (ASHA, out of reach, or the budget),
@@ -109,15 +111,62 @@ def success_features(params: list[Param], config: dict[str, Any], flops: float |
     return np.concatenate([size_features(params, config, flops), features(_outside_model(params), config)])
 
 
-def prior_log_cost(params: list[Param], config: dict[str, Any], flops: float) -> float:
-    """Before any trial is measured, a candidate's cost per epoch: log FLOPs per sample - log
-    batch size (compute and per-step overhead weighted alike; only the ranking matters)."""
-    size = size_features(params, config, flops)
-    return size[0] - (size[1] if len(size) > 1 else 0.0)
+def prior_log_costs(params: list[Param], configs: list[dict[str, Any]], flops: list[float]) -> np.ndarray:
+    """Before any trial is measured, each candidate's log cost: optimizer steps per epoch
+    (1 / batch size) x the cost of a step, a fixed overhead (kernel launches, the optimizer step,
+    the loop) plus compute (batch size x FLOPs per sample), x the epochs when the space searches
+    them. The overhead-to-compute ratio is unknown until something is measured; the prior takes
+    the two as equal at the median candidate, so neither dominates: a tiny model at the smallest
+    batch pays for its many steps, a big model at the biggest for its compute. (An earlier
+    version used log FLOPs - log batch size, which ranks a tiny model at batch 16 with a mid-sized
+    one at 256; the first costs 3-5x more per epoch on the 2-core VM.) Only the ranking matters."""
+    keys = {p.key for p in params}
+    batch = np.array([float(c[BATCH_KEY]) if BATCH_KEY in keys else 1.0 for c in configs])
+    compute = batch * np.maximum(np.asarray(flops, dtype=float), 1.0)
+    out = np.log(np.median(compute) + compute) - np.log(batch)
+    if EPOCHS_KEY in keys:
+        out += np.log([float(c[EPOCHS_KEY]) for c in configs])
+    return out
 
 
-#: Start-up trials come from this cheaper fraction of the candidates by prior cost per epoch.
-STARTUP_QUANTILE = 0.5
+#: The learning rate, when the space searches it.
+LR_KEY = "optimizer.lr"
+
+
+def log_step_budget(params: list[Param], config: dict[str, Any]) -> float:
+    """log(learning rate x optimizer steps) up to the dataset size: learning rate / batch size,
+    x the epochs when searched. How far a trial's budget can move the weights; NaN unless the
+    space searches the learning rate."""
+    keys = {p.key for p in params}
+    if LR_KEY not in keys:
+        return math.nan
+    out = math.log(float(config[LR_KEY]))
+    if BATCH_KEY in keys:
+        out -= math.log(float(config[BATCH_KEY]))
+    if EPOCHS_KEY in keys:
+        out += math.log(float(config[EPOCHS_KEY]))
+    return out
+
+
+#: Start-up trials come from this cheapest fraction of the candidates by prior cost, and of
+#: those, from the upper half by step budget (learning rate x steps).
+STARTUP_QUANTILE, STEP_QUANTILE = 0.25, 0.5
+
+
+def startup_pool(params: list[Param], configs: list[dict[str, Any]], flops: list[float]) -> np.ndarray:
+    """Indices of the candidates a start-up trial may be: the cheapest quarter by
+    :func:`prior_log_costs`, and of those, when the learning rate is searched, the upper half by
+    :func:`log_step_budget`. The cheapest configurations are also those with the fewest steps
+    (the biggest batch): at a low learning rate they cannot get far in a few epochs and fail
+    whatever else they are, so a start-up trial there teaches little and costs its full budget;
+    at a high one they reach a target at the least energy (the 2-core digits runs: 1.4-3 J for
+    0.9 at batch 256 and learning rates above 0.01, against failures below 0.002)."""
+    prior = prior_log_costs(params, configs, flops)
+    keep = prior <= np.quantile(prior, STARTUP_QUANTILE)
+    step = np.array([log_step_budget(params, c) for c in configs])
+    if np.isfinite(step).all():
+        keep &= step >= np.quantile(step[keep], STEP_QUANTILE)
+    return np.flatnonzero(keep)
 
 
 def _design(x: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -372,15 +421,10 @@ class CostAwareSearch(Searcher):
         cands = [self.sample() for _ in range(self.candidates)]
         flops = [self._flops(c) for c in cands]
         if len(seen) < max(self.startup, 1):
-            # Nothing measured yet. With FLOPs: the cheaper half by prior cost per epoch (see the
-            # module docstring); without: the fewest epochs. Spread out among those.
+            # Nothing measured yet. With FLOPs: the start-up pool (cheap by the prior, enough
+            # step budget; see startup_pool); without: the fewest epochs. Spread out among those.
             if all(flops):
-                prior = np.array(
-                    [prior_log_cost(self.params, c, f) for c, f in zip(cands, flops, strict=True)]
-                )
-                return self.spread(
-                    [cands[i] for i in np.flatnonzero(prior <= np.quantile(prior, STARTUP_QUANTILE))]
-                )
+                return self.spread([cands[i] for i in startup_pool(self.params, cands, flops)])
             epochs = np.array([self.epochs(c) for c in cands])
             return self.spread([c for c, e in zip(cands, epochs, strict=True) if e == epochs.min()])
         target = self.target()
@@ -410,3 +454,19 @@ class CostAwareSearch(Searcher):
             ran = [d.epochs for d in seen if d.accuracy is None or d.accuracy < target]
             failed = float(np.mean(ran)) if ran else 1.0
         return cands[pick(p, attempt_cost(per_epoch, p, success_epochs, failed))]
+
+
+def startup_points(
+    params: list[Param], n: int, seed: int, flops: Callable[[dict[str, Any]], float | None] | None
+) -> list[dict[str, Any]]:
+    """The first ``n`` configurations (flat, dotted keys) the cost-aware searcher would try with
+    nothing measured: drawn from :func:`startup_pool` and spread out. Other searchers start
+    from them (the ``multi`` strategy enqueues them as Optuna's start-up trials)."""
+    search = CostAwareSearch(params, "accuracy", "energy", None, 1.0, default_epochs=1, startup=n, seed=seed,
+                             flops=flops)  # fmt: skip
+    points = []
+    for i in range(n):
+        config = search.propose()
+        search.live[f"startup{i}"] = config  # the next one is spread out from it
+        points.append(config)
+    return points

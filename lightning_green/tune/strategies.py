@@ -36,6 +36,10 @@ def check_strategy(strategy: DictConfig, tune_cfg: DictConfig) -> None:
         v = tune_cfg[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ConfigError(f"tune.{key} must be an integer >= {lo}; got {v!r}")
+    if name == "multi" and not isinstance(strategy.get("cost_aware_startup", False), bool):
+        raise ConfigError(
+            f"tune.strategy.cost_aware_startup must be true or false; got {strategy.get('cost_aware_startup')!r}"
+        )
     if name == "efficient":
         for key, lo in (("grace_period", 1), ("reduction_factor", 2)):
             v = strategy.get(key)
@@ -167,6 +171,17 @@ def search_setup(
         search = OptunaSearch(metric=acc, mode="max", sampler=sampler)
         kw = {"metric": acc, "mode": "max"}
     else:
-        search = OptunaSearch(metric=[acc, energy], mode=["max", "min"], sampler=sampler)
+        points = None
+        if strategy.get("cost_aware_startup", False) and base is not None:
+            from lightning_green.tune.cost_aware import startup_points
+
+            # Optuna names a nested parameter with "/" (Ray's flattening of the param_space)
+            points = [
+                {k.replace(".", "/"): v for k, v in c.items()}
+                for c in startup_points(params, startup, seed, model_flops(base))
+            ]
+        search = OptunaSearch(
+            metric=[acc, energy], mode=["max", "min"], sampler=sampler, points_to_evaluate=points
+        )
         kw = {}  # Tune itself takes no list of metrics; the searcher holds them
     return ConcurrencyLimiter(search, max_concurrent=tune_cfg.max_concurrent), space, {**kw, "num_samples": n}
