@@ -16,6 +16,6 @@ fi
 out=benchmarks/results/compare
 mkdir -p "$out"
 cp "$run"/compare.md "$run"/compare.csv "$run"/*.png "$out"/
-for s in grid random bayes multi; do cp "$run/$s/seed0/trials.csv" "$out/trials_${s}_seed0.csv"; done
+for s in grid random bayes multi efficient; do cp "$run/$s/seed0/trials.csv" "$out/trials_${s}_seed0.csv"; done
 echo "lightning-green compare $args" > "$out/command.txt"
 cat "$out/compare.md"
