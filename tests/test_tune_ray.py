@@ -153,13 +153,20 @@ def test_interrupted_study_resumes_without_rerunning_finished_trials(tmp_path: P
         done
         kill -INT $pid
         wait $pid || true
-        # what the interruption cut: trial folders with records but no run.json, kept as they are now
+        # Finished: the trials the study saw end (its line per finished trial; Ray's last state
+        # holds them as ended). Not "has run.json": a trial that ends its fit while the study
+        # shuts down writes one too, but Ray never took its final result, so resuming runs it
+        # again (and counts that first attempt's energy apart), and the storage folder's copies
+        # of a trial's files lag behind the trial.
+        for id in $(sed -n 's/.* trial [0-9]* (\\([0-9a-f_]*\\)): val_acc.*/\\1/p' first.log); do
+          ls {out}/ray/study/*_${{id}}_*/run.json
+        done | sort > finished_before.txt
+        for f in $(cat finished_before.txt); do python -c "import json,sys; print(json.load(open(sys.argv[1]))['run_id'])" $f; done > ids_before.txt
+        # what the interruption cut: every other trial folder's records, kept as they are now
         k=0
         for d in {out}/ray/study/*/; do
-          if [ -f "$d/energy.jsonl" ] && [ ! -f "$d/run.json" ]; then cp "$d/energy.jsonl" "cut_$k.jsonl"; k=$((k+1)); fi
+          if [ -f "$d/energy.jsonl" ] && ! grep -qx "${{d}}run.json" finished_before.txt; then cp "$d/energy.jsonl" "cut_$k.jsonl"; k=$((k+1)); fi
         done
-        ls {out}/ray/study/*/run.json | sort > finished_before.txt
-        for f in $(cat finished_before.txt); do python -c "import json,sys; print(json.load(open(sys.argv[1]))['run_id'])" $f; done > ids_before.txt
         ray stop --force >/dev/null 2>&1 || true
         lightning-green tune {args} tune.resume=true
     """, tmp_path, timeout=600)  # fmt: skip

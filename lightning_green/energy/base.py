@@ -92,12 +92,15 @@ class Meter(ABC):
         if sync:
             self.synchronize()
         start_wall, start_mono, token = self._windows.pop(name)
+        # Stamped before the counters are read, as the window's start is (time first, then the
+        # read): the two edges' read latencies cancel, and a settling wait for the next
+        # background sample is not counted as seconds of the window.
+        end_mono = time.monotonic()
         self._settling = settle
         try:
             domains = self._end(name, token)
         finally:
             self._settling = False
-        end_mono = time.monotonic()
         return Reading(
             start_time=start_wall,
             end_time=start_wall + (end_mono - start_mono),
