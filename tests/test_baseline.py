@@ -15,7 +15,7 @@ from test_meters import FakeNvml
 from lightning_green import EnergyMonitor
 from lightning_green.data import DigitsDataModule
 from lightning_green.energy import NvmlMeter
-from lightning_green.energy.baseline import IdleBaseline, apply_baseline, given_baseline
+from lightning_green.energy.baseline import IdleBaseline, apply_baseline, given_baseline, measure_idle
 from lightning_green.energy.reading import DomainEnergy, Reading
 from lightning_green.models import LitClassifier, SimpleCNN
 from lightning_green.records import read_summary, read_windows
@@ -168,3 +168,17 @@ def test_apply_baseline_by_hand():
         given_baseline({"gpu:0": float("nan")})
     with pytest.raises(ValueError, match="idle_w keys"):
         given_baseline({"gpu0": 1.0})
+
+
+def test_a_settled_window_does_not_count_the_wait_for_the_next_sample(monkeypatch):
+    # Background samples every 0.3 s; the 0.1 s idle window settles on the first sample after
+    # its end (interpolated there). Its seconds are the window's, not the window plus that wait,
+    # which would put the idle power up to 3/4 low.
+    PoweredNvml(monkeypatch)
+    meter = NvmlMeter([0], sync=False, sample_interval_s=0.3)
+    try:
+        base = measure_idle(meter, 0.1)
+    finally:
+        meter.close()
+    assert base.seconds == pytest.approx(0.1, abs=0.03)
+    assert base.watts["gpu:0"] == pytest.approx(IDLE_W, rel=0.02)
