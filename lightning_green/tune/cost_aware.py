@@ -464,9 +464,6 @@ def startup_points(
     from them (the ``multi`` strategy enqueues them as Optuna's start-up trials)."""
     search = CostAwareSearch(params, "accuracy", "energy", None, 1.0, default_epochs=1, startup=n, seed=seed,
                              flops=flops)  # fmt: skip
-    points = []
     for i in range(n):
-        config = search.propose()
-        search.live[f"startup{i}"] = config  # the next one is spread out from it
-        points.append(config)
-    return points
+        search.suggest(f"startup{i}")  # live, so the next one is spread out from it
+    return list(search.live.values())

@@ -15,6 +15,8 @@ from lightning_green.tune.trainable import REPORTED_METRICS
 
 STRATEGIES = ("grid", "random", "bayes", "multi", "efficient")
 SAMPLERS = {"bayes": ("gp", "tpe"), "multi": ("tpe", "gp", "nsga2"), "efficient": ("cost", "tpe", "gp")}
+#: Each strategy's true/false settings.
+SWITCHES = {"multi": ("cost_aware_startup",), "efficient": ("search_epochs", "stop_at_target")}
 
 
 def check_strategy(strategy: DictConfig, tune_cfg: DictConfig) -> None:
@@ -36,18 +38,14 @@ def check_strategy(strategy: DictConfig, tune_cfg: DictConfig) -> None:
         v = tune_cfg[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ConfigError(f"tune.{key} must be an integer >= {lo}; got {v!r}")
-    if name == "multi" and not isinstance(strategy.get("cost_aware_startup", False), bool):
-        raise ConfigError(
-            f"tune.strategy.cost_aware_startup must be true or false; got {strategy.get('cost_aware_startup')!r}"
-        )
+    for key in SWITCHES.get(name, ()):
+        if not isinstance(strategy.get(key, False), bool):
+            raise ConfigError(f"tune.strategy.{key} must be true or false; got {strategy.get(key)!r}")
     if name == "efficient":
         for key, lo in (("grace_period", 1), ("reduction_factor", 2)):
             v = strategy.get(key)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ConfigError(f"tune.strategy.{key} must be an integer >= {lo}; got {v!r}")
-        for key in ("search_epochs", "stop_at_target"):
-            if not isinstance(strategy.get(key, False), bool):
-                raise ConfigError(f"tune.strategy.{key} must be true or false; got {strategy.get(key)!r}")
     check_target(tune_cfg)
     if tune_cfg.scheduler not in ("fifo", "asha"):
         raise ConfigError(f"tune.scheduler must be one of fifo, asha; got {tune_cfg.scheduler!r}")
