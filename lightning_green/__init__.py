@@ -8,13 +8,19 @@ Example::
     trainer = Trainer(callbacks=[EnergyMonitor()])
 """
 
-from lightning_green.callbacks import (
-    EnergyBudget,
-    EnergyEfficientStopping,
-    EnergyMonitor,
-    LayerEnergyProfiler,
-    StopAtTarget,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lightning_green.callbacks import (
+        EnergyBudget,
+        EnergyEfficientStopping,
+        EnergyMonitor,
+        LayerEnergyProfiler,
+        StopAtTarget,
+    )
 
 __version__ = "0.1.0"
 __all__ = [
@@ -25,3 +31,19 @@ __all__ = [
     "StopAtTarget",
     "__version__",
 ]
+
+_CALLBACKS = frozenset(__all__) - {"__version__"}
+
+
+def __getattr__(name: str) -> Any:
+    # The callbacks import Lightning (seconds); importing them on first use keeps `lightning-green
+    # --help`, `carbon` and every other `import lightning_green.<module>` that needs no Lightning fast.
+    if name in _CALLBACKS:
+        value = getattr(importlib.import_module("lightning_green.callbacks"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_CALLBACKS})

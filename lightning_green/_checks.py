@@ -25,18 +25,23 @@ def check_number(
     *,
     minimum: float | None = None,
     above: float | None = None,
+    maximum: float | None = None,
     unit: str = "",
+    why: str = "",
 ) -> float:
     """``value`` as a float if it is a finite real number (not a bool, NaN or infinity) within range.
 
-    ``minimum`` is inclusive, ``above`` exclusive. Raises ``ValueError`` naming ``name`` and the
-    allowed values, on one line.
+    ``minimum`` and ``maximum`` are inclusive, ``above`` exclusive; ``why`` (appended after the
+    value) says where a bound comes from. Raises ``ValueError`` naming ``name`` and the allowed
+    values, on one line.
     """
     bounds = []
     if minimum is not None:
         bounds.append(f">= {minimum:g}")
     if above is not None:
         bounds.append(f"> {above:g}")
+    if maximum is not None:
+        bounds.append(f"<= {maximum:g}")
     allowed = (
         "a finite number" + (f" {' and '.join(bounds)}" if bounds else "") + (f" ({unit})" if unit else "")
     )
@@ -46,9 +51,10 @@ def check_number(
         and math.isfinite(value)
         and (minimum is None or value >= minimum)
         and (above is None or value > above)
+        and (maximum is None or value <= maximum)
     )
     if not ok:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        raise ValueError(f"{name} must be {allowed}, got {value!r}" + (f"; {why}" if why else ""))
     return float(value)  # type: ignore[arg-type]
 
 

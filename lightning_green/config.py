@@ -8,7 +8,9 @@ before any training starts.
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -135,6 +137,7 @@ class AdamSchema:
 @dataclass
 class EnergySchema:
     backend: str = "auto"
+    attribution: str = "auto"
     carbon_intensity: Any = DEFAULT_CARBON_INTENSITY
     carbon_live: str | None = None
     carbon_live_url: str | None = None
@@ -346,10 +349,72 @@ def build_loggers(node: DictConfig | None) -> list[Any] | bool:
     return loggers or False
 
 
+#: Most threads per usable CPU that ``threads`` may ask for. More threads than CPUs only queue
+#: for them, yet a little oversubscription is ordinary (Ray told of more CPUs than the host has, a
+#: container whose CPU count is the host's); far beyond it, the run's own threads swamp the load
+#: average, and ``other_load`` (load minus threads) hides every other process on the machine.
+THREADS_PER_CPU = 4
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, as ``taskset`` or a cpuset sets it)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on every platform
+        return os.cpu_count() or 1
+
+
+def check_threads(threads: object) -> None:
+    """``threads`` is null or an integer from 1 to ``THREADS_PER_CPU`` x the usable CPUs; a
+    :class:`ConfigError` naming the field and the allowed range otherwise."""
+    cpus = usable_cpus()
+    most = THREADS_PER_CPU * cpus
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= most
+    ):
+        raise ConfigError(
+            f"threads must be null (PyTorch's default) or an integer >= 1 and <= {most} ({THREADS_PER_CPU} x "
+            f"the {cpus} CPU(s) this process may use: more only queue for them and hide the machine's "
+            f"other load); got {threads!r}"
+        )
+
+
+def check_output_dir(output_dir: object) -> Path:
+    """``output_dir`` as a folder that exists (made if needed) and takes new files; a
+    :class:`ConfigError` naming the path and the problem otherwise, before anything trains."""
+    path = Path(str(output_dir)).expanduser()
+    problem = _unusable_folder(path)
+    if problem:
+        raise ConfigError(f"output_dir={path}: {problem}; give a folder this process can create and write")
+    return path
+
+
+def _unusable_folder(path: Path) -> str | None:
+    try:
+        if path.exists() and not path.is_dir():
+            return "is a file, not a folder"
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a parent that is a file, no permission, a read-only or pseudo file system
+        return f"cannot be created ({err.strerror or err})"
+    # A nameless file (O_TMPFILE) proves the folder takes new files (a read-only mount, a full
+    # quota, no permission) without a name that a folder synchroniser could list and then miss.
+    try:
+        fd = os.open(path, os.O_TMPFILE | os.O_WRONLY, 0o600)
+    except AttributeError:  # no O_TMPFILE on this platform
+        fd = None
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            return f"is not writable ({err.strerror or err})"
+        fd = None  # a file system without O_TMPFILE: ask the kernel instead
+    if fd is not None:
+        os.close(fd)
+    elif not os.access(path, os.W_OK | os.X_OK):
+        return "is not writable (permission denied or a read-only file system)"
+    return None
+
+
 def check_trainer(cfg: DictConfig) -> None:
-    threads = cfg.get("threads")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"threads must be null (PyTorch's default) or an integer >= 1; got {threads!r}")
+    check_threads(cfg.get("threads"))
     t = cfg.trainer
     if not (t.max_epochs >= 1 or (t.max_epochs == -1 and t.max_steps > 0)):
         raise ConfigError(

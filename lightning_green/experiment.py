@@ -21,6 +21,7 @@ from lightning_green.config import (
     build,
     build_callbacks,
     build_loggers,
+    check_output_dir,
     check_trainer,
     config_error,
     to_container,
@@ -41,8 +42,10 @@ class Run:
 
 
 def build_run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> Run:
-    """Validate and build datamodule, model, callbacks and Trainer. Raises ConfigError on bad values."""
+    """Validate and build datamodule, model, callbacks and Trainer. Raises ConfigError on bad values,
+    and on an output folder that cannot be made or written (before anything trains)."""
     check_trainer(cfg)
+    check_output_dir(cfg.output_dir)
     if cfg.get("threads") is not None:
         torch.set_num_threads(int(cfg.threads))
     dm = build("data", cfg.data)

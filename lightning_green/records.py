@@ -15,11 +15,13 @@ Files in a run's output directory:
 What each failure loses: a kill (SIGKILL, the OOM killer, a crash) loses only the window that was
 open; a line torn by a kill or a full disk is skipped by the reader with a warning, and the next
 append starts on a fresh line. A full disk loses no record that was already written: the writer
-keeps unwritten records in memory, warns once, and writes them when space is back.
+keeps unwritten records in memory, warns once, and writes them when space is back. A records folder
+deleted mid-run is made again, with the records already written to it.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -27,6 +29,7 @@ import threading
 import time
 import uuid
 import warnings
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -79,6 +82,11 @@ class WindowRecord:
     co2e_g: float | None = None
     #: The grid intensity in force when the window closed: ``g_per_kwh``, ``place``, ``method``, ``at``.
     carbon: dict[str, Any] | None = None
+    #: The devices' whole figure where a shared counter was split among jobs (``energy_j`` is this
+    #: job's part); ``None`` when nothing was split.
+    node_j: float | None = None
+    #: How each split domain was attributed (``{"cpu": "attributed:cpu-time-share"}``); empty if none.
+    attribution: dict[str, str] = field(default_factory=dict)
     kind: str = "window"
     schema: int = SCHEMA_VERSION
 
@@ -101,6 +109,8 @@ class WindowRecord:
             assumptions=reading.assumptions,
             world_size=world_size,
             dynamic_j=reading.dynamic_joules,
+            node_j=reading.node_joules if reading.attributions else None,
+            attribution=reading.attributions,
         )
 
     def reading(self) -> Reading:
@@ -157,6 +167,9 @@ def to_json(record: WindowRecord | LayerRecord) -> str:
 
 #: How often a writer makes its appends durable against power loss (a background fsync).
 FSYNC_EVERY_S = 2.0
+#: How much of what it appended a writer keeps in memory, to write again if the file is deleted
+#: mid-run: about 8,000 window records, more than most runs write; beyond it, the oldest go.
+KEEP_WRITTEN_BYTES = 8 << 20
 
 
 class RecordWriter:
@@ -172,7 +185,9 @@ class RecordWriter:
     its own, which the reader skips). When the write fails (a full disk, a vanished mount), the
     file is cut back to where it was, the records are kept in memory and written with the next
     call that succeeds, a warning is given once, and :attr:`failed` holds the error: training
-    goes on, nothing already written is lost.
+    goes on, nothing already written is lost. When the file or its folder is deleted or replaced
+    mid-run, the next write makes them again and writes this writer's earlier records again (up to
+    :data:`KEEP_WRITTEN_BYTES`, kept in memory), with a warning.
 
     Example::
 
@@ -199,6 +214,14 @@ class RecordWriter:
         self._synced_at = time.monotonic()
         self._dirty = False
         self._syncer: threading.Thread | None = None
+        # What this writer appended, line by line (at most KEEP_WRITTEN_BYTES, oldest dropped first),
+        # and the file it appended to: if that file is deleted or replaced mid-run, they are written again.
+        self._written: deque[bytes] = deque()
+        self._written_bytes = 0
+        self._dropped = 0
+        self._file: tuple[int, int] | None = None  # (st_dev, st_ino) after our last append
+        self._end = 0  # the file's size after our last append: other writers only add to it
+        self._warned_lost = False
 
     def write(self, record: WindowRecord | LayerRecord) -> bool:
         return self.write_many([record])
@@ -206,14 +229,24 @@ class RecordWriter:
     def write_many(self, records: list[WindowRecord | LayerRecord]) -> bool:
         """Append ``records`` (and any kept from a failed write); ``False`` if they stay in memory."""
         todo = [*self.pending, *records]
-        if not todo:
+        lost = self._lost()
+        if not todo and not lost:
             return True
-        data = "".join(to_json(r) + "\n" for r in todo).encode("utf-8")
+        lines = [(to_json(r) + "\n").encode("utf-8") for r in todo]
+        data = b"".join(lines)
+        restored: list[bytes] = []
+        if lost:
+            # The file we appended to was deleted or replaced (a clean-up script, an `rm -r` of the
+            # folder mid-fit): what we wrote went with it, so it is written again, before the new lines.
+            restored = self._missing()
+            data = b"".join(restored) + data
+            self._tail_checked = False
         inline_fsync = self.fsync_every_s is None
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            fd = self._open()
             try:
-                size = os.fstat(fd).st_size
+                st = os.fstat(fd)
+                size = st.st_size
                 if not self._tail_checked and size > 0 and not _ends_with_newline(self.path):
                     data = b"\n" + data
                 try:
@@ -223,6 +256,7 @@ class RecordWriter:
                 except OSError:
                     os.ftruncate(fd, size)  # no half-written line of ours stays behind
                     raise
+                end = os.lseek(fd, 0, os.SEEK_CUR)  # O_APPEND: just past our lines
             finally:
                 os.close(fd)
         except OSError as err:
@@ -240,11 +274,70 @@ class RecordWriter:
             return False
         self.pending = []
         self._tail_checked = True
+        self._file, self._end = (st.st_dev, st.st_ino), end
+        if restored:
+            self._warn_rewritten(len(restored))
+        self._keep(lines)
         if not inline_fsync:
             self._dirty = True
             if time.monotonic() - self._synced_at >= self.fsync_every_s:  # type: ignore[operator]
                 self._sync_in_background()
         return True
+
+    def _open(self) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        try:
+            return os.open(self.path, flags, 0o644)
+        except FileNotFoundError:
+            # The folder itself was deleted mid-run: make it again, as the summary writer does,
+            # rather than hold every later record in memory until the run ends.
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, flags, 0o644)
+
+    def _lost(self) -> bool:
+        """Whether the file this writer appended to is gone: deleted, replaced by another file, or
+        cut shorter than our last append (other writers of a shared file only add to it)."""
+        if self._file is None:
+            return False
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False  # the open that follows fails and says why
+        return (st.st_dev, st.st_ino) != self._file or st.st_size < self._end
+
+    def _missing(self) -> list[bytes]:
+        """Our kept lines that the file at our path lacks (all of them when there is none): a file
+        replaced by a copy of itself, or cut short, keeps the rest, which are not written twice."""
+        try:
+            present = {line.rstrip(b"\n") for line in self.path.read_bytes().splitlines()}
+        except OSError:
+            return list(self._written)
+        return [line for line in self._written if line.rstrip(b"\n") not in present]
+
+    def _keep(self, lines: list[bytes]) -> None:
+        self._written.extend(lines)
+        self._written_bytes += sum(map(len, lines))
+        while self._written_bytes > KEEP_WRITTEN_BYTES and self._written:
+            self._written_bytes -= len(self._written.popleft())
+            self._dropped += 1
+
+    def _warn_rewritten(self, count: int) -> None:
+        if self._warned_lost:
+            return
+        self._warned_lost = True
+        gone = (
+            f"; the {self._dropped} oldest were beyond the {KEEP_WRITTEN_BYTES >> 20} MiB kept in memory and are lost"
+            if self._dropped
+            else ""
+        )
+        warnings.warn(
+            f"lightning-green: {self.path} was deleted or replaced during the run; wrote this run's "
+            f"{count} earlier record(s) to it again{gone}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def _sync_in_background(self) -> None:
         if self._syncer is not None and self._syncer.is_alive():
@@ -266,7 +359,11 @@ class RecordWriter:
             )
 
     def close(self) -> None:
-        """Make every written record durable (waits for the background fsync)."""
+        """Write what is still held (records kept from a failed write, or all of them when the file
+        vanished since the last write), then make every written record durable (waits for the
+        background fsync)."""
+        if self.pending or self._lost():
+            self.write_many([])
         if self._syncer is not None:
             self._syncer.join()
             self._syncer = None
@@ -289,40 +386,76 @@ def _ends_with_newline(path: Path) -> bool:
 
 def temporary_path(path: str | os.PathLike[str]) -> Path:
     """Where to write ``path``'s contents before renaming them onto it: a name unique per process and
-    call, beside the folder rather than in it when the parent folder is on the same file system.
+    call, beside the folder rather than in it when the folder and its parent are on one mount.
 
     Folder synchronisers (Ray Tune copies a trial's folder to storage while the trial runs) list a
     folder and then copy each file; a temporary file that is renamed away in between fails their
     copy (and with it the trial). Outside the folder, they never see it.
+
+    A rename cannot cross mounts (``EXDEV``), so when the folder is a mount point (a container's or
+    a SLURM job's bind-mounted output folder, which can share the parent's ``st_dev``) the temporary
+    file goes in the folder itself: a synchroniser may then see it, but the file is written.
     """
     path = Path(path)
     name = f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    outer = path.parent.parent
     try:
-        if (
-            outer != path.parent
-            and os.access(outer, os.W_OK)
-            and outer.stat().st_dev == path.parent.stat().st_dev
-        ):
+        folder = path.parent.resolve()
+        outer = folder.parent
+        if outer != folder and os.access(outer, os.W_OK) and not _is_mount_point(folder, outer):
             return outer / name
     except OSError:
         pass
     return path.with_name(name)
 
 
+def _is_mount_point(folder: Path, outer: Path) -> bool:
+    """Whether ``folder`` (resolved) is the root of a mount, so that ``outer``, its parent, is on
+    another one. A bind mount of a folder of the same file system keeps its ``st_dev`` (and
+    ``os.path.ismount`` says False), so Linux's mount table is read where there is one."""
+    if folder.stat().st_dev != outer.stat().st_dev:
+        return True
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            table = f.read()
+    except OSError:
+        return False  # not Linux: mounts of one device there are rare, and the rename's EXDEV is caught
+    mounts = {_unescape_mount(line.split(" ")[4]) for line in table.splitlines() if line.count(" ") >= 4}
+    return str(folder) in mounts
+
+
+def _unescape_mount(field: str) -> str:
+    """The kernel writes a space, tab, newline and backslash in a mount point as octal escapes."""
+    for code in ("040", "011", "012", "134"):
+        field = field.replace("\\" + code, chr(int(code, 8)))
+    return field
+
+
 def write_json_atomic(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
     """Write JSON so that a reader sees the old file or the new one, never half of one.
 
     The temporary file (see :func:`temporary_path`) is unique per process and call, so concurrent
-    writers never share it, and sits outside the folder, so a folder synchroniser never copies it.
-    On failure (a full disk) the temporary file is removed, the old file stays, and the error is raised.
+    writers never share it, and sits outside the folder where it can, so a folder synchroniser never
+    copies it. If the rename still crosses a mount (``EXDEV``: a mount the check could not see), it
+    is written again from inside the folder. On failure (a full disk) the temporary file is removed,
+    the old file stays, and the error is raised.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False)
     tmp = temporary_path(path)
     try:
+        _replace_with_text(tmp, path, text)
+    except OSError as err:
+        inside = path.with_name(tmp.name)
+        if err.errno != errno.EXDEV or tmp == inside:
+            raise
+        _replace_with_text(inside, path, text)
+
+
+def _replace_with_text(tmp: Path, path: Path, text: str) -> None:
+    try:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True, allow_nan=False)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -9,7 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from lightning_green.config import CONF_DIR, friendly_errors
+from lightning_green.config import CONF_DIR, check_output_dir, friendly_errors
 
 
 def _print_study(out: Path) -> None:
@@ -33,6 +33,7 @@ def tune_main(cfg: DictConfig) -> None:
     from lightning_green.tune.study import check_resumable, prepare, run_study
 
     prepare(cfg)  # bad input fails here, before Ray starts
+    check_output_dir(cfg.output_dir)
     check_resumable(cfg, Path(cfg.output_dir))
     out = run_study(cfg, Path(cfg.output_dir))
     write_pareto(out)

@@ -23,21 +23,52 @@ from lightning_green.records import read_summary, read_windows
 IDLE_W, LOAD_W = 80.0, 200.0
 
 
-class PoweredNvml(FakeNvml):
-    """A fake GPU whose energy counter integrates a power we set: idle, or under load."""
+class StepClock:
+    """A monotonic clock that moves only when the meter stamps a window edge (by ``dt``), so the
+    fake counter's energy and the window's seconds agree exactly, however busy the machine is."""
 
-    def __init__(self, monkeypatch) -> None:
+    def __init__(self, dt: float = 0.01) -> None:
+        self.now, self.dt = 1000.0, dt
+
+    def __call__(self) -> float:
+        t = self.now
+        self.now += self.dt
+        return t
+
+
+class WallClock:
+    """The real monotonic clock, in :class:`StepClock`'s shape (for tests of real sampling delays)."""
+
+    @property
+    def now(self) -> float:
+        return time.monotonic()
+
+    def __call__(self) -> float:
+        return time.monotonic()
+
+
+class PoweredNvml(FakeNvml):
+    """A fake GPU whose energy counter integrates a power we set (idle, or under load) over the
+    meter's clock: a window edge is stamped, then the counter is read ``dt`` later on that clock."""
+
+    def __init__(self, monkeypatch, clock: StepClock | WallClock | None = None) -> None:
         super().__init__(monkeypatch, gpus=1)
-        self.power, self.t, self.util = IDLE_W, time.monotonic(), 0
+        self.clock = clock or StepClock()
+        self.power, self.t, self.util = IDLE_W, self.clock.now, 0
         self.mj[0] = 0.0
         monkeypatch.setattr(pynvml, "nvmlDeviceGetTotalEnergyConsumption", self._energy_now)
         monkeypatch.setattr(pynvml, "nvmlDeviceGetUtilizationRates", lambda h: SimpleNamespace(gpu=self.util))
 
     def _energy_now(self, handle=None) -> float:
-        now = time.monotonic()
+        now = self.clock.now
         self.mj[0] += self.power * (now - self.t) * 1000.0
         self.t = now
         return self.mj[0]
+
+    def meter(self) -> NvmlMeter:
+        meter = NvmlMeter([0], sync=False, sync_reads=True)
+        meter.clock = self.clock
+        return meter
 
     def set_power(self, watts: float) -> None:
         self._energy_now()
@@ -63,27 +94,22 @@ def _fit(tmp_path: Path, monitor: EnergyMonitor, gpu: PoweredNvml) -> Trainer:
     return trainer
 
 
-def _meter() -> NvmlMeter:
-    return NvmlMeter([0], sync=False, sync_reads=True)
-
-
 def test_measured_baseline_dynamic_energy_and_logged_keys_are_exact(tmp_path: Path, monkeypatch):
     gpu = PoweredNvml(monkeypatch)
-    monitor = EnergyMonitor(output_dir=tmp_path, meter=_meter(), baseline_s=0.2)
+    monitor = EnergyMonitor(output_dir=tmp_path, meter=gpu.meter(), baseline_s=0.2)
     trainer = _fit(tmp_path, monitor, gpu)
     summary = read_summary(tmp_path)
     base = summary["idle_baseline"]
-    assert base["watts"]["gpu:0"] == pytest.approx(IDLE_W, rel=1e-3)
+    assert base["watts"]["gpu:0"] == pytest.approx(IDLE_W, rel=1e-9)
     assert base["how"].startswith("measured") and base["busy"] == []
-    # A window's seconds and its counter reads are a few microseconds apart: 200 W x 100 us = 20 mJ.
-    slack = LOAD_W * 100e-6
+    # The counter and the window's seconds run on one clock: exact, on a busy machine too.
     for w in read_windows(tmp_path):
-        assert w.energy_j == pytest.approx(LOAD_W * w.seconds, rel=1e-3, abs=slack)
-        assert w.dynamic_j == pytest.approx((LOAD_W - IDLE_W) * w.seconds, rel=1e-3, abs=slack)
+        assert w.energy_j == pytest.approx(LOAD_W * w.seconds, rel=1e-9)
+        assert w.dynamic_j == pytest.approx((LOAD_W - IDLE_W) * w.seconds, rel=1e-9)
         assert w.domains[0]["dynamic_joules"] == pytest.approx(w.dynamic_j)
     m = trainer.callback_metrics
     assert float(m["energy/train_epoch_dynamic_j"]) == pytest.approx(
-        (LOAD_W - IDLE_W) * float(m["time/train_epoch_s"]), rel=1e-3, abs=slack
+        (LOAD_W - IDLE_W) * float(m["time/train_epoch_s"]), rel=1e-6
     )
     assert float(m["energy/total_dynamic_j"]) == pytest.approx(summary["total_dynamic_j"], rel=1e-6)
     assert summary["total_dynamic_j"] == pytest.approx(sum(w.dynamic_j for w in read_windows(tmp_path)))
@@ -94,13 +120,13 @@ def test_a_busy_device_during_the_baseline_is_warned_about(tmp_path: Path, monke
     gpu = PoweredNvml(monkeypatch)
     gpu.util = 57
     with pytest.warns(UserWarning, match="may not have been idle.*57% utilised"):
-        _fit(tmp_path, EnergyMonitor(output_dir=tmp_path, meter=_meter(), baseline_s=0.1), gpu)
+        _fit(tmp_path, EnergyMonitor(output_dir=tmp_path, meter=gpu.meter(), baseline_s=0.1), gpu)
     assert "57%" in read_summary(tmp_path)["idle_baseline"]["busy"][0]
 
 
 def test_idle_watts_given_by_the_user_are_used_as_is(tmp_path: Path, monkeypatch):
     gpu = PoweredNvml(monkeypatch)
-    monitor = EnergyMonitor(output_dir=tmp_path, meter=_meter(), idle_w={"gpu:0": 50.0})
+    monitor = EnergyMonitor(output_dir=tmp_path, meter=gpu.meter(), idle_w={"gpu:0": 50.0})
     t0 = time.monotonic()
     monitor.setup(SimpleNamespace(**_trainer_stub()), None, "validate")  # no idle window is run
     assert time.monotonic() - t0 < 0.5
@@ -124,7 +150,7 @@ def _trainer_stub() -> dict:
 
 def test_baseline_off_changes_nothing(tmp_path: Path, monkeypatch):
     gpu = PoweredNvml(monkeypatch)
-    trainer = _fit(tmp_path, EnergyMonitor(output_dir=tmp_path, meter=_meter(), baseline_s=0), gpu)
+    trainer = _fit(tmp_path, EnergyMonitor(output_dir=tmp_path, meter=gpu.meter(), baseline_s=0), gpu)
     summary = read_summary(tmp_path)
     assert summary["idle_baseline"] is None and summary["total_dynamic_j"] is None
     assert all(w.dynamic_j is None for w in read_windows(tmp_path))
@@ -174,7 +200,7 @@ def test_a_settled_window_does_not_count_the_wait_for_the_next_sample(monkeypatc
     # Background samples every 0.3 s; the 0.1 s idle window settles on the first sample after
     # its end (interpolated there). Its seconds are the window's, not the window plus that wait,
     # which would put the idle power up to 3/4 low.
-    PoweredNvml(monkeypatch)
+    PoweredNvml(monkeypatch, WallClock())
     meter = NvmlMeter([0], sync=False, sample_interval_s=0.3)
     try:
         base = measure_idle(meter, 0.1)

@@ -180,3 +180,40 @@ def test_a_failing_provider_of_the_users_never_ends_training(tmp_path: Path):
     windows = read_windows(tmp_path)
     assert windows and all(w.carbon["method"].startswith("table (provider failed") for w in windows)
     assert read_summary(tmp_path)["co2e_g"] == pytest.approx(sum(w.co2e_g for w in windows))
+
+
+def test_carbon_command_prints_places_and_says_when_none_matches(capsys: pytest.CaptureFixture[str]):
+    from lightning_green.carbon_cli import main
+
+    assert main(["DE", "aws:eu-west-1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("DE ") and f"{lookup('DE').g_per_kwh:6.1f} g/kWh" in out[0]
+    assert out[1].startswith("aws:eu-west-1") and "grid of IE" in out[1]
+    assert out[2].startswith("2 of ") and "NOTICE.md" in out[2]
+    assert main(["germany"]) == 0 and capsys.readouterr().out.startswith("DE ")  # by name too
+    assert (
+        main([]) == 0
+        and f"of {len({r['place'] for r in table().values()})} places" in capsys.readouterr().out
+    )
+    assert main(["atlantis"]) == 2
+    assert "no place matches atlantis" in capsys.readouterr().err
+
+
+def test_carbon_command_help_is_a_real_help_and_the_command_starts_fast():
+    import subprocess
+    import sys
+
+    for flag in ("--help", "-h"):
+        r = subprocess.run(
+            [sys.executable, "-m", "lightning_green.carbon_cli", flag], capture_output=True, text=True
+        )
+        assert r.returncode == 0 and r.stdout.startswith("usage: lightning-green carbon [-h] [QUERY ...]"), r
+        assert "energy.carbon_intensity" in r.stdout and "no place matches" not in r.stdout + r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "lightning_green.carbon_cli", "--bogus"], capture_output=True, text=True
+    )
+    assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
+    # a lookup needs the table, not the training stack
+    probe = "import sys, lightning_green.carbon_cli; print(sorted({'torch', 'lightning', 'ray', 'hydra'} & set(sys.modules)))"
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr

@@ -185,3 +185,26 @@ def test_a_gpu_request_on_a_cluster_without_gpus_fails_before_trials(tmp_path: P
     )  # fmt: skip
     _one_line_error(r, "tune.gpus_per_trial=1", "0 GPU(s)", "tune.gpus_per_trial=0 trainer=cpu")
     assert not (tmp_path / "gpu" / "trials.csv").exists()
+
+
+def test_an_unusable_output_folder_is_one_line_before_training(tmp_path: Path):
+    # An existing file and a path under /proc are checked in-process (test_infra_faults); here, what
+    # the user sees, and a read-only mount, whose rename used to fail with "Invalid cross-device link".
+    (tmp_path / "a-file").write_text("x")
+    r = cli("train", f"output_dir={tmp_path / 'a-file'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    _one_line_error(r, f"invalid configuration: output_dir={tmp_path / 'a-file'}: is a file, not a folder")
+    assert not (tmp_path / "run" / "energy.jsonl").exists()
+
+    from test_cli import CLI
+    from test_infra_faults import in_mount_namespace
+
+    src, ro = tmp_path / "src", tmp_path / "ro"
+    src.mkdir()
+    r = in_mount_namespace(
+        [(src, ro, True)],
+        [[CLI, "train", *TINY, f"output_dir={ro}", f"hydra.run.dir={tmp_path / 'run2'}"]],
+        cwd=tmp_path,
+    )
+    line = _one_line_error(r, f"output_dir={ro}: is not writable (Read-only file system)")
+    assert "cross-device" not in r.stderr, line
+    assert not list(src.iterdir())

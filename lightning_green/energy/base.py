@@ -54,6 +54,8 @@ class Meter(ABC):
 
     def __init__(self) -> None:
         self._windows: dict[str, tuple[float, float, Any]] = {}
+        #: The monotonic clock windows are timed by (tests give a fake one, as they give a fake counter).
+        self.clock: Callable[[], float] = time.monotonic
 
     @property
     @abstractmethod
@@ -79,7 +81,7 @@ class Meter(ABC):
             raise ValueError(f"window {name!r} is already open")
         if sync:
             self.synchronize()
-        self._windows[name] = (time.time(), time.monotonic(), self._begin(name))
+        self._windows[name] = (time.time(), self.clock(), self._begin(name))
 
     def end_window(self, name: str, sync: bool = True, settle: bool = False) -> Reading:
         """Close window ``name`` and return its reading.
@@ -95,7 +97,7 @@ class Meter(ABC):
         # Stamped before the counters are read, as the window's start is (time first, then the
         # read): the two edges' read latencies cancel, and a settling wait for the next
         # background sample is not counted as seconds of the window.
-        end_mono = time.monotonic()
+        end_mono = self.clock()
         self._settling = settle
         try:
             domains = self._end(name, token)
@@ -118,7 +120,7 @@ class Meter(ABC):
         domains = self._peek(name, token)
         if domains is None:
             return None
-        seconds = time.monotonic() - start_mono
+        seconds = self.clock() - start_mono
         return Reading(start_wall, start_wall + seconds, seconds, tuple(domains), self.assumptions)
 
     def _peek(self, name: str, token: Any) -> list[DomainEnergy] | None:
@@ -284,7 +286,7 @@ class CounterMeter(Meter):
         """Read the counters on a background thread from now on (see :class:`CounterSampler`)."""
         if self._sampler is None and self._sample_interval_s:
             self._sampler = CounterSampler(
-                self._safe_read, self._sample_interval_s, name=f"{self.name}-sampler"
+                self._safe_read, self._sample_interval_s, clock=self.clock, name=f"{self.name}-sampler"
             )
             self.edge_reads = "sampled"
 
@@ -346,7 +348,7 @@ class CounterMeter(Meter):
     def _peek(self, name: str, token: tuple[Any, dict[str, int]]) -> list[DomainEnergy]:
         first, faults_before = token
         if self._sampler is not None:
-            now = self._sampler.values(_Edge(time.monotonic()))  # extrapolated, nothing queued
+            now = self._sampler.values(_Edge(self.clock()))  # extrapolated, nothing queued
             before = self._sampler.values(first)
         else:
             before, now = first, self._safe_read()

@@ -73,10 +73,14 @@ def measure_idle(meter: Meter, seconds: float) -> IdleBaseline:
     time.sleep(seconds)
     busy = meter.busy()
     reading = meter.end_window(_WINDOW, settle=True)
+    # The device's idle power, not this job's share of it (a split counter keeps both).
     watts = {
-        d.key: d.joules / reading.seconds
+        d.key: d.device_joules / reading.seconds
         for d in reading.domains
-        if d.joules is not None and d.complete and d.source.startswith("measured") and reading.seconds > 0
+        if d.device_joules is not None
+        and d.complete
+        and d.source.startswith("measured")
+        and reading.seconds > 0
     }
     return IdleBaseline(
         watts, f"measured: a {reading.seconds:.2f} s idle window before training", reading.seconds, busy
@@ -85,13 +89,20 @@ def measure_idle(meter: Meter, seconds: float) -> IdleBaseline:
 
 def apply_baseline(reading: Reading, baseline: IdleBaseline) -> Reading:
     """``reading`` with each domain's ``dynamic_joules``: joules minus idle watts x seconds (>= 0)
-    for channels with a baseline, the joules themselves for estimated channels, else ``None``."""
+    for channels with a baseline, the joules themselves for estimated channels, else ``None``.
+
+    A split counter's dynamic energy is the job's share of the device's: ``share x (node joules -
+    idle watts x seconds)``, attributed the same way as its total.
+    """
     domains = []
     for d in reading.domains:
         if d.joules is None:
             dynamic = None
         elif d.source.startswith("estimated"):
             dynamic = d.joules
+        elif d.key in baseline.watts and d.attribution is not None and d.share is not None:
+            node = d.node_joules or 0.0
+            dynamic = d.share * max(0.0, node - baseline.watts[d.key] * reading.seconds)
         elif d.key in baseline.watts:
             dynamic = max(0.0, d.joules - baseline.watts[d.key] * reading.seconds)
         else:

@@ -17,12 +17,29 @@ import warnings
 from dataclasses import dataclass, field, replace
 
 from lightning_green._checks import check_number
-from lightning_green.energy.grid import DEFAULT_PLACE, Intensity, IntensityProvider, lookup, make_intensity
+from lightning_green.energy.grid import (
+    DEFAULT_PLACE,
+    Intensity,
+    IntensityProvider,
+    lookup,
+    make_intensity,
+    parse_intensity,
+)
 
 DEFAULT_INTENSITY_G_PER_KWH = 475.0
 DEFAULT_CARBON_INTENSITY = DEFAULT_PLACE
 DEFAULT_PUE = 1.0
 JOULES_PER_KWH = 3.6e6
+#: Bounds on what is physically possible, so that a typo (an extra zero, a unit slip) fails before
+#: training rather than scaling every CO2e figure: the dirtiest grids are about 1,000-1,300 g/kWh
+#: (Turkmenistan 1,306, the packaged table's highest; a lignite plant alone about 1,200), and
+#: facilities report a PUE of 1.1 (hyperscale) to the 2.5 that was the average in 2007.
+MAX_INTENSITY_G_PER_KWH = 5000.0
+MAX_PUE = 5.0
+INTENSITY_WHY = (
+    "the dirtiest grids are about 1000-1300 g/kWh (Turkmenistan 1306, the packaged table's highest)"
+)
+PUE_WHY = "data centres average 1.58 (Uptime Institute 2023; 2.5 in 2007), hyperscale ones about 1.1"
 COVERS = (
     "operational emissions of the measured energy: kWh x PUE x grid intensity in force when each window "
     "closed; embodied carbon (making the hardware) and facility overhead beyond PUE are not included"
@@ -37,7 +54,8 @@ class CarbonModel:
     :class:`~lightning_green.energy.grid.IntensityProvider`; ``live``: ``"uk"``, ``"electricitymaps"``...
 
     Raises:
-        ValueError: If the intensity is negative or unknown, or ``pue`` is below 1.
+        ValueError: If the intensity is negative, above ``MAX_INTENSITY_G_PER_KWH`` or unknown, or
+            ``pue`` is below 1 or above ``MAX_PUE``.
     """
 
     intensity: float | str | IntensityProvider = DEFAULT_CARBON_INTENSITY
@@ -54,7 +72,21 @@ class CarbonModel:
             "provider",
             make_intensity(self.intensity, self.live, self.live_url, name="carbon_intensity"),
         )
-        check_number("pue", self.pue, minimum=1.0, unit="facility energy / IT energy")
+        if not isinstance(self.intensity, IntensityProvider):
+            # Every intensity a user gives (EnergyMonitor's argument, energy.carbon_intensity) passes
+            # here, and a live provider's fallback with it; a provider object is checked per value.
+            g_per_kwh = parse_intensity(self.intensity, "carbon_intensity").g_per_kwh
+            check_number(
+                "carbon_intensity",
+                g_per_kwh,
+                minimum=0.0,
+                maximum=MAX_INTENSITY_G_PER_KWH,
+                unit="gCO2e per kWh",
+                why=INTENSITY_WHY,
+            )
+        check_number(
+            "pue", self.pue, minimum=1.0, maximum=MAX_PUE, unit="facility energy / IT energy", why=PUE_WHY
+        )
 
     def _warn(self, message: str) -> None:
         if not self._warned:
@@ -81,7 +113,12 @@ class CarbonModel:
     def current(self) -> Intensity:
         """The intensity in force now; the table's world average, labelled, if the provider fails."""
         try:
-            return self.provider.current()
+            intensity = self.provider.current()
+            # A live source (or the user's provider) can answer what no grid emits: not used.
+            check_number(
+                "intensity", intensity.g_per_kwh, minimum=0.0, maximum=MAX_INTENSITY_G_PER_KWH, unit="g/kWh"
+            )
+            return intensity
         except Exception as err:
             self._warn(f"lightning-green: the carbon intensity provider failed ({err!r}); using WORLD")
             return replace(lookup(DEFAULT_PLACE), method=f"table (provider failed: {err!r})"[:200])

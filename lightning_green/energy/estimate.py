@@ -93,21 +93,38 @@ def _process_cpu_seconds(include_children: bool) -> float:
 
 
 class ProcessTree:
-    """CPU seconds of this process and every descendant it has seen, kept when they exit.
+    """CPU seconds of a process (this one by default) and every descendant it has seen, kept when
+    they exit.
 
     A live descendant's own time (user + system) is remembered at each :meth:`sample`; when it
     exits, that last figure stays counted (its time after the last sample is lost, at most one
-    sampling interval), unless it was a direct child of this process, whose whole time the kernel
-    then adds to this process's ``children`` times. A background thread samples every
-    ``interval_s`` so that workers that come and go (Ray's) are seen.
+    sampling interval), unless it was a direct child of the root, whose whole time the kernel then
+    adds to the root's ``children`` times (once the root has waited for it). A background thread
+    samples every ``interval_s`` so that workers that come and go (Ray's) are seen.
+
+    Args:
+        interval_s: Sampling period of the background thread.
+        root: The process at the top (default: this one). A Ray node's energy counts its raylet's
+            tree: the raylet and every worker it started.
+        extra: More processes to count with their trees (a Ray head's GCS server beside its raylet).
+        what: What the tree is, for the records.
     """
 
-    def __init__(self, interval_s: float = 0.25) -> None:
+    def __init__(
+        self,
+        interval_s: float = 0.25,
+        root: int | None = None,
+        extra: list[int] | None = None,
+        what: str = "this process and every descendant process (sampled, kept after it exits)",
+    ) -> None:
+        self.what = what
         self._seen: dict[tuple[str, str], tuple[float, str]] = {}  # (pid, start) -> (seconds, ppid)
         self._lock = threading.Lock()
         self._me = str(os.getpid())
+        self._roots = [str(root) if root is not None else self._me, *(str(p) for p in extra or [])]
         self._interval_s = interval_s
         self._stop = threading.Event()
+        self._last_roots = 0.0
         self.sample()
         self._thread = threading.Thread(target=self._run, name="process-tree-cpu", daemon=True)
         self._thread.start()
@@ -118,7 +135,7 @@ class ProcessTree:
 
     def sample(self) -> None:
         live: dict[tuple[str, str], tuple[float, str]] = {}
-        todo = _proc_children("self") or []
+        todo = [kid for r in self._roots for kid in (_proc_children("self" if r == self._me else r) or [])]
         while todo:
             pid = todo.pop()
             fields = _stat(pid)
@@ -128,20 +145,35 @@ class ProcessTree:
             todo += _proc_children(pid) or []
         with self._lock:
             for key in list(self._seen):
-                if key not in live and self._seen[key][1] == self._me:
-                    del self._seen[key]  # our own child: its whole time is in os.times() now
+                if key not in live and self._seen[key][1] in self._roots:
+                    del self._seen[key]  # a root's own child: its whole time is in the root's children times
             self._seen.update(live)
+
+    def _roots_seconds(self) -> float:
+        """The roots' own time and that of their exited, waited-for children."""
+        total = 0.0
+        for r in self._roots:
+            if r == self._me:
+                t = os.times()
+                total += time.process_time() + t.children_user + t.children_system
+                continue
+            fields = _stat(r)
+            if fields is None:
+                continue  # a root that exited: its time stays as last seen in _last_roots
+            total += sum(int(v) for v in fields[11:15]) / _CLK_TCK  # utime stime cutime cstime
+        self._last_roots = max(self._last_roots, total)
+        return self._last_roots
+
+    def pids(self) -> set[int]:
+        """The roots and every live descendant seen at the last sample."""
+        with self._lock:
+            return {int(r) for r in self._roots} | {int(pid) for pid, _ in self._seen}
 
     def seconds(self) -> float:
         self.sample()
-        t = os.times()
+        roots = self._roots_seconds()
         with self._lock:
-            return (
-                time.process_time()
-                + t.children_user
-                + t.children_system
-                + sum(v for v, _ in self._seen.values())
-            )
+            return roots + sum(v for v, _ in self._seen.values())
 
     def close(self) -> None:
         self._stop.set()
@@ -155,7 +187,8 @@ class EstimateMeter(CounterMeter):
         include_children: Count child processes (data-loader workers) too. Turn it off when the
             children are measured themselves (DDP ranks started by rank 0).
         track_descendants: Count every descendant, sampled in the background and remembered after
-            it exits (:class:`ProcessTree`): for a whole Ray study, whose workers come and go.
+            it exits (:class:`ProcessTree`): for a whole Ray study, whose workers come and go. A
+            :class:`ProcessTree` counts that tree instead (a Ray node's processes).
 
     Raises:
         ValueError: If ``watts_per_core`` is not a positive number.
@@ -165,12 +198,15 @@ class EstimateMeter(CounterMeter):
 
     def __init__(
         self, watts_per_core: float = DEFAULT_WATTS_PER_CORE, include_children: bool = True,
-        track_descendants: bool = False,
+        track_descendants: bool | ProcessTree = False,
     ) -> None:  # fmt: skip
         super().__init__()
         self.watts_per_core = check_number("watts_per_core", watts_per_core, above=0.0, unit="watts")
         self.include_children = include_children
-        self._tree = ProcessTree() if track_descendants else None
+        if isinstance(track_descendants, ProcessTree):
+            self._tree: ProcessTree | None = track_descendants
+        else:
+            self._tree = ProcessTree() if track_descendants else None
 
     @property
     def channels(self) -> tuple[Channel, ...]:
@@ -184,13 +220,13 @@ class EstimateMeter(CounterMeter):
             "cpu_watts_per_core_source": WATTS_PER_CORE_SOURCE
             if self.watts_per_core == DEFAULT_WATTS_PER_CORE
             else "user-configured",
-            "cpu_covers": "CPU time of this process"
+            "cpu_covers": "CPU time of "
             + (
-                " and every descendant process (sampled, kept after it exits)"
+                self._tree.what
                 if self._tree
-                else " and its child processes"
+                else "this process and its child processes"
                 if self.include_children
-                else ""
+                else "this process"
             )
             + "; excludes idle power, DRAM, GPU and the rest of the machine",
         }

@@ -13,11 +13,13 @@
   or your own :class:`IntensityProvider`), or in the config tree ``energy.carbon_live=uk``,
   ``uk:13`` (a GB region), ``electricitymaps`` or ``electricitymaps:DE``.
 
-A live provider fetches once when the fit starts (at most ``timeout_s``), then refreshes in a
-background thread when its value is older than ``refresh_s``: the training thread never waits
-on the network. Offline, without a key, or on any error it falls back to the table's value for
-its place and says so (``method: "table (live unavailable: ...)"``). Every window records the
-intensity in force when it closed, and CO2e is the sum over windows.
+A live provider fetches once when the fit starts (at most ``timeout_s`` for the whole fetch,
+however slowly the server answers; at most 1 MiB read), then refreshes in a background thread
+when its value is older than ``refresh_s``: the training thread never waits on the network.
+Offline, without a key, or on any error (a cut or garbled answer, a redirect that would carry the
+API key to another origin or from https to http) it falls back to the table's value for its place
+and says so (``method: "table (live unavailable: ...)"``), and asks again ``refresh_s`` later.
+Every window records the intensity in force when it closed, and CO2e is the sum over windows.
 
 Example::
 
@@ -31,13 +33,15 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import difflib
 import functools
+import http.client
 import json
 import math
 import os
-import sys
+import socket
 import threading
 import time
 import urllib.error
@@ -151,19 +155,209 @@ class LiveIntensityError(RuntimeError):
     """A live provider could not give a value (offline, no key, bad answer)."""
 
 
-def get_json(url: str, headers: dict[str, str] | None = None, timeout_s: float = 3.0) -> Any:
-    """GET ``url`` and parse JSON; ``LiveIntensityError`` with the reason on any failure."""
-    request = urllib.request.Request(url, headers={"Accept": "application/json", **(headers or {})})
+#: The most bytes an answer may hold. Both APIs answer in under 2 KiB; anything near this is not an
+#: intensity, and reading it whole would hold training's memory hostage to a stranger's server.
+MAX_ANSWER_BYTES = 1 << 20
+_CHUNK_BYTES = 64 * 1024
+_REASON_CHARS = 200
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
+
+
+def redirect_refusal(from_url: str, to_url: str, carries_headers: bool) -> str | None:
+    """Why a redirect from ``from_url`` to ``to_url`` must not be followed, or ``None`` if it may.
+
+    The headers a provider adds (Electricity Maps' ``auth-token``) are meant for the configured
+    origin only, and urllib would forward them to any host a server names, so with such headers a
+    redirect must stay on the same scheme, host and port. Without them a redirect may change host,
+    but never from https to http (a downgrade lets anyone on the path rewrite the answer).
+    """
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return json.loads(response.read().decode("utf-8"))
-    except urllib.error.HTTPError as err:
-        raise LiveIntensityError(f"HTTP {err.code} from {url}") from err
-    except (urllib.error.URLError, TimeoutError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise LiveIntensityError(f"cannot reach {url} ({reason})") from err
-    except (ValueError, UnicodeDecodeError) as err:
-        raise LiveIntensityError(f"not JSON from {url}") from err
+        old, new = _origin(from_url), _origin(to_url)
+    except ValueError:  # a port that is not a number
+        return f"redirect from {from_url} to an invalid URL {to_url!r} refused"
+    if new[0] not in ("http", "https"):
+        return f"redirect from {from_url} to {to_url} refused (not http or https)"
+    if old[0] == "https" and new[0] != "https":
+        return f"redirect from {from_url} to {to_url} refused (https to http)"
+    if carries_headers and new != old:
+        return (
+            f"redirect from {from_url} to {to_url} refused (another origin: the API key is sent to "
+            f"{old[0]}://{old[1]}:{old[2]} only)"
+        )
+    return None
+
+
+class _GuardedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows only the redirects :func:`redirect_refusal` allows; the others fail the fetch."""
+
+    def __init__(self, carries_headers: bool) -> None:
+        super().__init__()
+        self.carries_headers = carries_headers
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        refusal = redirect_refusal(req.full_url, newurl, self.carries_headers)
+        if refusal is not None:
+            fp.close()
+            raise LiveIntensityError(refusal)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+class _Fetch:
+    """One GET whose whole duration (name lookup, connect, headers, body) is bounded by a deadline.
+
+    A socket timeout bounds each read, not their sum: a server sending one byte every second never
+    trips it. So the request runs in a worker thread that the caller waits for at most
+    ``timeout_s``; at the deadline the caller gives up and shuts the fetch's sockets down, which
+    ends the worker's blocked read at once instead of leaving it to drip on.
+    """
+
+    def __init__(self, url: str, headers: dict[str, str], timeout_s: float, max_bytes: int) -> None:
+        self.url, self.headers, self.timeout_s, self.max_bytes = url, headers, timeout_s, max_bytes
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._abandoned = False
+        self._outcome: tuple[bool, Any] = (False, LiveIntensityError(f"no answer from {url}"))
+
+    def run(self) -> Any:
+        worker = threading.Thread(target=self._work, name="lg-carbon-fetch", daemon=True)
+        worker.start()
+        worker.join(self.timeout_s)
+        if worker.is_alive():
+            self._abandon()
+            raise LiveIntensityError(f"no complete answer from {self.url} within {self.timeout_s:g} s")
+        ok, value = self._outcome
+        if not ok:
+            raise value
+        return value
+
+    def _work(self) -> None:
+        # Every failure becomes the outcome: a worker thread must never die with a traceback.
+        try:
+            self._outcome = (True, self._get())
+        except LiveIntensityError as err:
+            self._outcome = (False, err)
+        except Exception as err:
+            failure = LiveIntensityError(self._explain(err))
+            failure.__cause__ = err
+            self._outcome = (False, failure)
+
+    def _get(self) -> Any:
+        opener = urllib.request.build_opener(
+            _WatchedHTTPHandler(self), _WatchedHTTPSHandler(self), _GuardedRedirects(bool(self.headers))
+        )
+        request = urllib.request.Request(self.url, headers={"Accept": "application/json", **self.headers})
+        with opener.open(request, timeout=self.timeout_s) as response:
+            declared = str(response.headers.get("Content-Length", "")).strip()
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                raise LiveIntensityError(self._too_large(f"{int(declared)} announced"))
+            body = bytearray()
+            while chunk := response.read(min(_CHUNK_BYTES, self.max_bytes + 1 - len(body))):
+                body += chunk
+                if len(body) > self.max_bytes:
+                    raise LiveIntensityError(self._too_large("sent without a length"))
+            # A chunked read of a body shorter than its Content-Length ends quietly (http.client
+            # raises IncompleteRead only for a whole read): a cut answer must not pass for complete.
+            missing = getattr(response, "length", None)
+            if missing:
+                raise http.client.IncompleteRead(bytes(body), missing)
+        return json.loads(body.decode("utf-8"))
+
+    def _too_large(self, detail: str) -> str:
+        return f"answer from {self.url} larger than {self.max_bytes} bytes ({detail}): refused unread"
+
+    def _explain(self, err: Exception) -> str:
+        url = self.url
+        if isinstance(err, urllib.error.HTTPError):
+            err.close()
+            return f"HTTP {err.code} from {url}"
+        if isinstance(err, http.client.HTTPException):  # IncompleteRead, BadStatusLine, RemoteDisconnected
+            return f"broken answer from {url} ({err!r})"
+        if isinstance(err, urllib.error.URLError):
+            return f"cannot reach {url} ({err.reason})"
+        if isinstance(err, TimeoutError):
+            return f"no complete answer from {url} within {self.timeout_s:g} s"
+        if isinstance(err, OSError):
+            return f"connection to {url} failed ({err})"
+        if isinstance(err, ValueError):  # JSONDecodeError, UnicodeDecodeError
+            return f"not JSON from {url}"
+        return f"fetch from {url} failed ({err!r})"
+
+    def watched(self, http_class: type[http.client.HTTPConnection]) -> Any:
+        """``http_class``, but each connection's socket is registered for :meth:`_abandon`."""
+
+        def connection(*args: Any, **kwargs: Any) -> http.client.HTTPConnection:
+            conn = http_class(*args, **kwargs)
+            connect = conn.connect
+
+            def connect_and_watch() -> None:
+                connect()
+                self._watch(conn.sock)
+
+            conn.connect = connect_and_watch  # type: ignore[method-assign]
+            return conn
+
+        return connection
+
+    def _watch(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            self._sockets.append(sock)
+            abandoned = self._abandoned
+        if abandoned:  # connected after the caller gave up
+            _shut(sock)
+
+    def _abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    # The plain socket's shutdown, also for TLS: it wakes a read blocked in another thread, where
+    # SSLSocket.shutdown would first drop the TLS state under that read's feet.
+    with contextlib.suppress(OSError):  # already closed: nothing left to wake
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _WatchedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, fetch: _Fetch) -> None:
+        super().__init__()
+        self._fetch = fetch
+
+    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+        return super().do_open(self._fetch.watched(http_class), req, **kwargs)
+
+
+class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, fetch: _Fetch) -> None:
+        super().__init__()
+        self._fetch = fetch
+
+    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+        return super().do_open(self._fetch.watched(http_class), req, **kwargs)
+
+
+def get_json(
+    url: str,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 3.0,
+    max_bytes: int = MAX_ANSWER_BYTES,
+) -> Any:
+    """GET ``url`` and parse JSON; :class:`LiveIntensityError` with the reason on any failure.
+
+    ``timeout_s`` bounds the whole fetch, not each read, and an answer over ``max_bytes`` is
+    refused unread. ``headers`` (an API key) go to ``url``'s origin only: a redirect elsewhere, or
+    from https to http, fails the fetch rather than carry them there.
+    """
+    return _Fetch(url, dict(headers or {}), timeout_s, max_bytes).run()
 
 
 class LiveIntensity(IntensityProvider):
@@ -171,7 +365,8 @@ class LiveIntensity(IntensityProvider):
 
     Args:
         fallback: The table value (or number) used until the first fetch and whenever fetching fails.
-        timeout_s: Seconds one request may take (the first one blocks ``start`` at most this long).
+        timeout_s: Seconds one fetch may take in all: connect, headers and body (the first one
+            blocks ``start`` at most this long).
         refresh_s: Seconds a value stays fresh; older, the next :meth:`current` refreshes it in
             a background thread and returns the value it has meanwhile.
         base_url: The API's root (override for a proxy, a mirror or a test server).
@@ -206,20 +401,28 @@ class LiveIntensity(IntensityProvider):
         raise NotImplementedError
 
     def _fallback(self, reason: str) -> Intensity:
+        if len(reason) > _REASON_CHARS:  # a record's label, not a dump of what the server sent
+            reason = reason[: _REASON_CHARS - 3] + "..."
         return replace(self.fallback, method=f"{self.fallback.method} (live unavailable: {reason})")
 
     def refresh(self) -> Intensity:
-        """Fetch now (blocking, at most ``timeout_s``) and return the value in force."""
+        """Fetch now (blocking, at most about ``timeout_s``) and return the value in force.
+
+        Never raises: any failure, including a subclass's own bug, becomes the table fallback
+        labelled with the reason, and counts as a fetch, so the next one waits ``refresh_s`` like
+        after a success (a failing server is not asked again at every window).
+        """
         try:
             value = self.fetch()
-        except LiveIntensityError as err:
-            value = self._fallback(str(err))
+        except Exception as err:
+            reason = str(err) if isinstance(err, LiveIntensityError) else f"{self.provider} failed ({err!r})"
+            value = self._fallback(reason)
             with self._lock:
                 self.failures += 1
                 warn, self._warned = not self._warned, True
             if warn:
                 warnings.warn(
-                    f"lightning-green: live carbon intensity from {self.provider} unavailable ({err}); using "
+                    f"lightning-green: live carbon intensity from {self.provider} unavailable ({reason}); using "
                     f"{self.fallback.place} {self.fallback.g_per_kwh:g} g/kWh from the table until it answers",
                     stacklevel=2,
                 )
@@ -230,7 +433,15 @@ class LiveIntensity(IntensityProvider):
         return value
 
     def start(self) -> None:
-        self.refresh()
+        """Fetch unless the value is fresh (a test after a fit reuses the fit's), or wait for the
+        background refresh already in flight rather than start a second fetch beside it."""
+        with self._lock:
+            in_flight = self._refreshing if self._refreshing and self._refreshing.is_alive() else None
+            stale = time.monotonic() - self._fetched_at > self.refresh_s
+        if in_flight is not None:
+            in_flight.join(timeout=self.timeout_s)
+        elif stale:
+            self.refresh()
 
     def current(self) -> Intensity:
         with self._lock:
@@ -374,31 +585,3 @@ def make_intensity(
             )
         return ElectricityMapsIntensity(zone, fallback=fallback, base_url=live_url)
     raise UserInputError(f"carbon_live must be {LIVE_HELP}; got {live!r}")
-
-
-def carbon_main(queries: list[str]) -> int:
-    """``lightning-green carbon [QUERY ...]``: a place as ``carbon_intensity`` takes it, else the
-    rows whose place or name contains the query; every row with no query."""
-    rows = list({row["place"]: row for row in table().values()}.values())
-    hits = [] if queries else rows
-    for query in (q.strip().upper() for q in queries):
-        exact = table().get(query)
-        found = (
-            [exact]
-            if exact
-            else [r for r in rows if query in r["place"].upper() or query in r["name"].upper()]
-        )
-        hits += [r for r in found if r not in hits]
-    for r in hits:
-        year = r["year"] or "year n/a"
-        print(
-            f"{r['place']:<24} {float(r['g_per_kwh']):6.1f} g/kWh  {year:<8}  {r['name']}  [{r['scope']}; {r['source']}]"
-        )
-    if not hits:
-        print(
-            f"lightning-green: no place matches {' '.join(queries)}; `lightning-green carbon` lists all",
-            file=sys.stderr,
-        )
-        return 2
-    print(f"{len(hits)} of {len(rows)} places; sources and licences: lightning_green/energy/data/NOTICE.md")
-    return 0

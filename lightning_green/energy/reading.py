@@ -28,7 +28,15 @@ class DomainEnergy:
             or covers only part of the window.
         dynamic_joules: Energy above the device's idle baseline (``joules`` minus idle power x
             seconds, at least 0); ``None`` when no baseline applies. See
-            :mod:`lightning_green.energy.baseline`.
+            :mod:`lightning_green.energy.baseline`. For a split counter, this job's share of the
+            device's dynamic energy.
+        node_joules: The whole device's energy over the window when its counter is shared and
+            ``joules`` is this job's part of it (see :mod:`lightning_green.energy.attribution`);
+            ``None`` when ``joules`` is the device's own figure (not split).
+        share: The job's share of the device in the window (``joules / node_joules``), 0 to 1.
+        attribution: How a shared counter was split (``attributed:cpu-time-share``,
+            ``attributed:gpu-process-utilisation``, ...), or why it could not be
+            (``not-attributable:mig``: ``joules`` is then ``None``); ``None`` when not split.
     """
 
     domain: str
@@ -37,6 +45,9 @@ class DomainEnergy:
     source: str
     complete: bool = True
     dynamic_joules: float | None = None
+    node_joules: float | None = None
+    share: float | None = None
+    attribution: str | None = None
 
     @property
     def key(self) -> str:
@@ -52,7 +63,16 @@ class DomainEnergy:
         }
         if self.dynamic_joules is not None:
             out["dynamic_joules"] = self.dynamic_joules
+        if self.attribution is not None:
+            out["node_joules"] = self.node_joules
+            out["share"] = self.share
+            out["attribution"] = self.attribution
         return out
+
+    @property
+    def device_joules(self) -> float | None:
+        """The whole device's figure: ``node_joules`` where the counter was split, else ``joules``."""
+        return self.node_joules if self.attribution is not None else self.joules
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DomainEnergy:
@@ -63,6 +83,9 @@ class DomainEnergy:
             source=data["source"],
             complete=bool(data.get("complete", True)),
             dynamic_joules=data.get("dynamic_joules"),
+            node_joules=data.get("node_joules"),
+            share=data.get("share"),
+            attribution=data.get("attribution"),
         )
 
 
@@ -115,6 +138,22 @@ class Reading:
     def watts(self) -> float:
         """Average power over the window, in watts (0 for an empty window)."""
         return self.joules / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def node_joules(self) -> float:
+        """The devices' whole figures summed: what the counters read, before any split among jobs
+        (equal to :attr:`joules` where nothing was split)."""
+        return float(sum(d.device_joules for d in self.domains if d.device_joules is not None))
+
+    @property
+    def attributions(self) -> dict[str, str]:
+        """How each split domain was attributed, e.g. ``{"cpu": "attributed:cpu-time-share"}``."""
+        out: dict[str, str] = {}
+        for d in self.domains:
+            if d.attribution is not None:
+                prev = out.get(d.domain)
+                out[d.domain] = d.attribution if prev in (None, d.attribution) else f"{prev}+{d.attribution}"
+        return out
 
     def joules_by_domain(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -180,6 +219,7 @@ def _merge_domains(readings: list[Reading]) -> tuple[DomainEnergy, ...]:
                 if prev.dynamic_joules is None or d.dynamic_joules is None
                 else prev.dynamic_joules + d.dynamic_joules
             )
+            node, share, how = _merge_attribution(prev, d)
             acc[d.key] = DomainEnergy(
                 domain=d.domain,
                 device=d.device,
@@ -187,5 +227,22 @@ def _merge_domains(readings: list[Reading]) -> tuple[DomainEnergy, ...]:
                 source=prev.source if prev.source == d.source else f"{prev.source}+{d.source}",
                 complete=prev.complete and d.complete and prev.joules is not None and d.joules is not None,
                 dynamic_joules=dynamic,
+                node_joules=node,
+                share=share,
+                attribution=how,
             )
     return tuple(acc.values())
+
+
+def _merge_attribution(a: DomainEnergy, b: DomainEnergy) -> tuple[float | None, float | None, str | None]:
+    """(node joules, share, attribution) of two segments of one domain added together."""
+    if a.attribution is None and b.attribution is None:
+        return None, None, None
+    node = (a.device_joules or 0.0) + (b.device_joules or 0.0)
+    how = a.attribution if a.attribution == b.attribution or b.attribution is None else b.attribution
+    if a.attribution is not None and b.attribution is not None and a.attribution != b.attribution:
+        how = f"{a.attribution}+{b.attribution}"
+    if a.joules is None and b.joules is None:
+        return node, None, how
+    job = (a.joules or 0.0) + (b.joules or 0.0)
+    return node, (job / node if node > 0 else None), how

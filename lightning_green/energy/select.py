@@ -5,9 +5,17 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from typing import Any
 
+from lightning_green.energy.attribution import (
+    Attribution,
+    CpuTimeShare,
+    Split,
+    check_attribution,
+    job_cpu_clock,
+)
 from lightning_green.energy.base import CompositeMeter, Meter, MeterUnavailableError
-from lightning_green.energy.estimate import DEFAULT_WATTS_PER_CORE, EstimateMeter
+from lightning_green.energy.estimate import DEFAULT_WATTS_PER_CORE, EstimateMeter, ProcessTree
 from lightning_green.energy.nvml import NvmlMeter
 from lightning_green.energy.rapl import DEFAULT_ROOT, RaplMeter, discover_zones
 from lightning_green.energy.zeus_backend import ZeusMeter
@@ -27,19 +35,58 @@ def check_backend(backend: object) -> str:
 
 
 class SelectedMeter(CompositeMeter):
-    """The meter :func:`make_meter` built, with the reasons for its choice in :attr:`notes`."""
+    """The meter :func:`make_meter` built, with the reasons for its choice in :attr:`notes`.
 
-    def __init__(self, meters: Sequence[Meter], backend: str, notes: Sequence[str]) -> None:
+    With an :class:`~lightning_green.energy.attribution.Attribution`, shared counters (RAPL
+    packages, a GPU other processes use) are split: each domain's ``joules`` is this job's part,
+    ``node_joules`` the device's.
+    """
+
+    def __init__(
+        self,
+        meters: Sequence[Meter],
+        backend: str,
+        notes: Sequence[str],
+        attribution: Attribution | None = None,
+        attribution_mode: str = "device",
+    ) -> None:
         super().__init__(meters)
         self.name = backend
         self.notes = list(notes)
+        self.attribution = attribution
+        self.attribution_mode = attribution_mode
+        #: A process tree this meter started for itself (closed with it).
+        self.tree: ProcessTree | None = None
+
+    def close(self) -> None:
+        super().close()
+        if self.tree is not None:
+            self.tree.close()
 
     @property
     def assumptions(self) -> dict:
         out = dict(super().assumptions)
         if self.notes:
             out["meter_notes"] = list(self.notes)
+        if self.attribution is not None:
+            out["attribution"] = {"mode": self.attribution_mode, **self.attribution.describe()}
         return out
+
+    def _begin(self, name: str) -> Any:
+        super()._begin(name)
+        return self.attribution.snapshot() if self.attribution is not None else None
+
+    def _end(self, name: str, token: Any) -> list:
+        domains = super()._end(name, token)
+        if self.attribution is None:
+            return domains
+        return self.attribution.apply(domains, token, self.attribution.snapshot())
+
+    def _peek(self, name: str, token: Any) -> list | None:
+        domains = super()._peek(name, token)
+        if domains is None or self.attribution is None:
+            return domains
+        return self.attribution.apply(domains, token, self.attribution.snapshot())
 
     def describe(self) -> str:
         chosen = super().describe()
@@ -63,7 +110,9 @@ def make_meter(
     include_children: bool = True,
     sync_reads: bool = False,
     sample_interval_s: float = DEFAULT_SAMPLE_INTERVAL_S,
-    track_descendants: bool = False,
+    track_descendants: bool | ProcessTree = False,
+    attribution: str = "device",
+    gpu_share: Any = None,
 ) -> SelectedMeter:
     """Build a meter.
 
@@ -82,14 +131,25 @@ def make_meter(
         sync_reads: Read GPU and RAPL counters at each window edge on the caller's thread instead
             of interpolating samples a background thread takes every ``sample_interval_s``.
         sample_interval_s: Period of the background counter reads.
-        track_descendants: For the estimate backend: every descendant process, remembered after it
-            exits (a whole Ray study).
+        track_descendants: Every descendant process, remembered after it exits (a whole Ray
+            study), or a :class:`~lightning_green.energy.estimate.ProcessTree` to count (a Ray
+            node's processes): what the estimate counts, and the job a split counter is shared by.
+        attribution: How node-wide counters are charged (see
+            :mod:`lightning_green.energy.attribution`): ``"device"`` (the whole device, for a
+            machine this job owns whole), ``"job"`` (this job's share of the device's busy time;
+            an error where it cannot be told), ``"auto"`` (the job's share where it can be told,
+            else the whole device, said in :attr:`SelectedMeter.notes`).
+        gpu_share: Builds GPU splits for an :class:`~lightning_green.energy.NvmlMeter`:
+            ``gpu_share(meter, required)`` returns a list of splits (default: the meter's own
+            :meth:`~lightning_green.energy.NvmlMeter.shares`).
 
     Raises:
         ValueError: If ``backend`` is unknown.
         MeterUnavailableError: If an explicitly named backend cannot work here.
     """
     check_backend(backend)
+    check_attribution(attribution)
+    tree = ProcessTree() if track_descendants is True else track_descendants or None
     gpus = _visible_gpus() if gpu_indices is None else list(gpu_indices)
     meters: list[Meter] = []
     notes: list[str] = []
@@ -98,7 +158,7 @@ def make_meter(
         return EstimateMeter(
             watts_per_core=watts_per_core,
             include_children=include_children,
-            track_descendants=track_descendants,
+            track_descendants=tree or False,
         )
 
     sampling = None if sync_reads else sample_interval_s
@@ -141,7 +201,44 @@ def make_meter(
     if not meters:
         # Only a non-zero local rank with node-wide RAPL gets here: it measures nothing itself.
         meters.append(_NullMeter())
-    return SelectedMeter(meters, backend, notes)
+    split = None
+    if attribution != "device":
+        split = _attribution(meters, attribution == "job", notes, tree)
+    meter = SelectedMeter(meters, backend, notes, split, attribution)
+    if track_descendants is True:
+        meter.tree = tree
+    return meter
+
+
+#: Sources of node-wide CPU / DRAM counters (the estimate is per process: nothing to split).
+NODE_CPU_SOURCES = ("measured:rapl", "measured:zeus-rapl")
+
+
+def _attribution(
+    meters: Sequence[Meter], required: bool, notes: list[str], tree: ProcessTree | None = None
+) -> Attribution | None:
+    """The splits for the meters' shared counters; notes say what could not be split (``auto``)."""
+    splits: list[Split] = []
+    channels = [c for m in meters for c in m.channels]
+    if any(c.domain in ("cpu", "dram") and c.source in NODE_CPU_SOURCES for c in channels):
+        try:
+            # The job's descendants (data-loader workers, DDP ranks a launcher started as children)
+            # are part of it, whatever the estimate counts.
+            clock, job = (tree.seconds, tree.what) if tree else job_cpu_clock(include_children=True)
+            splits.append(Split(CpuTimeShare(clock, job=job), ("cpu", "dram"), NODE_CPU_SOURCES))
+        except OSError as err:
+            if required:
+                raise MeterUnavailableError(
+                    f"attribution=job: the CPU counters cannot be split ({err})"
+                ) from err
+            notes.append(f"cpu: the whole package is charged to this job, its share is unknown ({err})")
+    for m in meters:
+        if tree is not None and hasattr(m, "job_pids"):
+            m.job_pids = tree.pids  # the tree is the job on the GPU too
+        gpu_splits = getattr(m, "shares", None)
+        if gpu_splits is not None:
+            splits += gpu_splits(required=required, notes=notes)
+    return Attribution(splits) if splits else None
 
 
 class _NullMeter(Meter):

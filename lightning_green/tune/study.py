@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from lightning_green.records import (
     trial_energy_j,
     write_json_atomic,
 )
+from lightning_green.tune.node_energy import NodeMeters
 from lightning_green.tune.space import flatten, parse_space
 from lightning_green.tune.strategies import check_strategy, search_setup
 from lightning_green.tune.trainable import EPOCH_METRICS
@@ -39,19 +41,40 @@ ATTEMPTS_DIR = "attempts"
 
 
 def init_ray(tune_cfg: DictConfig) -> dict[str, Any]:
-    """Start or join Ray; returns a description of the cluster (nodes, CPUs, GPUs)."""
+    """Start or join Ray; returns a description of the cluster (nodes, CPUs, GPUs).
+
+    ``tune.ray_address=null`` means a fresh Ray on this machine: ``ray.init()`` without an address
+    would instead join whatever ``$RAY_ADDRESS`` or ``/tmp/ray/ray_current_cluster`` names, and a
+    file left by a killed ``ray start`` names a dead cluster. ``address="local"`` makes Ray start
+    its own and ignore both; ``tune.ray_address=auto`` is how to ask for the joining.
+    """
     import ray
 
     if not ray.is_initialized():
-        if tune_cfg.ray_address:
+        if tune_cfg.ray_address and tune_cfg.ray_address != "local":
             ray.init(address=tune_cfg.ray_address, log_to_driver=False, configure_logging=False)
         else:
-            ray.init(
-                num_cpus=tune_cfg.num_cpus or os.cpu_count(),
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-            )
+            # Unset while Ray starts, so that the processes it starts (raylet, then every trial's
+            # worker) do not inherit an address of another cluster either.
+            joinable = os.environ.pop("RAY_ADDRESS", None)
+            if joinable:
+                print(
+                    f"lightning-green: tune.ray_address=null starts a fresh Ray on this machine; "
+                    f"RAY_ADDRESS={joinable} is not joined (tune.ray_address=auto joins it)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            try:
+                ray.init(
+                    address="local",
+                    num_cpus=tune_cfg.num_cpus or os.cpu_count(),
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                )
+            finally:
+                if joinable is not None:
+                    os.environ["RAY_ADDRESS"] = joinable
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     res = ray.cluster_resources()
     return {
@@ -297,6 +320,10 @@ def run_study(
         )
     write_json_atomic(out / STUDY_FILE, meta)
     meter = study_meter(cfg)
+    # On a cluster Ray was not started by this process, every node's Ray processes are measured
+    # where they run; the driver's meter then covers the driver alone.
+    remote = bool(t.ray_address) and t.ray_address != "local"
+    nodes = NodeMeters(to_container(cfg.energy)) if remote else None
     # Ray's own per-trial JSON/CSV/TensorBoard files repeat what the trials' records and
     # trials.csv hold; tune.ray_loggers=false leaves them out (no measurable time either way:
     # benchmarks/results/tune_overhead.txt).
@@ -314,6 +341,7 @@ def run_study(
             meter.discard_window("study")
             reading = None
         meter.close()
+        node_figures = nodes.end() if nodes is not None else []
     df = trials_table(grid, t.accuracy_metric, t.energy_metric)
     meta["finished"] = time.time()
     meta["wall_s"] = wall_s
@@ -353,21 +381,60 @@ def run_study(
                 0.0, ((wall_s - startup_s) * slots - float(df["train_s"].sum())) / len(df)
             )
     if reading is not None:
-        meta["study_energy_j"] = reading.joules
-        meta["study_energy_complete"] = reading.complete
-        meta["study_energy_source"] = "+".join(sorted(set(reading.sources.values())))
-        meta["study_energy_covers"] = (
-            "the node's counters over the study's span"
-            if "measured" in meta["study_energy_source"]
-            else "CPU time of this driver and every process it started on this node (Ray's GCS, raylet, "
-            "workers, idle or exited), over the study's span"
-        ) + ("; a remote cluster's other nodes are not included" if t.ray_address else "")
-        if meta.get("energy_used_j") is not None and reading.joules > 0:
-            meta["framework_energy_j"] = reading.joules - meta["energy_used_j"]
-            meta["framework_share"] = meta["framework_energy_j"] / reading.joules
+        add_study_energy(meta, reading, node_figures)
     df.to_csv(out / TRIALS_FILE, index=False)
     write_json_atomic(out / STUDY_FILE, meta)
     return out
+
+
+def add_study_energy(meta: dict[str, Any], reading: Any, nodes: list[dict[str, Any]]) -> None:
+    """The study's energy in ``meta``: the driver's meter plus each cluster node's figure, with the
+    trials' share and the framework's (never below zero: a difference that would be is said)."""
+    driver = {
+        "node": "driver",
+        "host": socket.gethostname(),
+        "energy_j": reading.joules,
+        "node_j": reading.node_joules,
+        "complete": reading.complete,
+        "sources": reading.sources,
+        "attribution": reading.attributions,
+    }
+    known = [n["energy_j"] for n in nodes if n.get("energy_j") is not None]
+    total = reading.joules + sum(known)
+    meta["study_energy_j"] = total
+    meta["study_energy_complete"] = reading.complete and all(n.get("complete") for n in nodes)
+    sources = set(reading.sources.values()) | {s for n in nodes for s in n.get("sources", {}).values()}
+    meta["study_energy_source"] = "+".join(sorted(sources))
+    meta["nodes"] = [driver, *nodes]
+    covers = (
+        "the node's counters over the study's span"
+        if "measured" in meta["study_energy_source"]
+        else "CPU time of this driver and every process it started on this node (Ray's GCS, raylet, "
+        "workers, idle or exited), over the study's span"
+    )
+    if nodes:
+        covers = (
+            "this driver's process tree, plus on each of the cluster's "
+            f"{len(nodes)} node(s) Ray's processes there (raylet, workers; GCS and dashboard on the "
+            "head), measured by an actor on that node (see nodes)"
+        )
+    if reading.attributions:
+        covers += "; shared counters split by each part's share of the device's busy time"
+    meta["study_energy_covers"] = covers
+    used = meta.get("energy_used_j")
+    if used is not None and total > 0:
+        framework = total - used
+        if framework < 0:
+            meta["framework_note"] = (
+                f"the trials' records ({used:.4g} J) exceed the study's measured energy ({total:.4g} J): "
+                "a part of the study was not measured (a resumed study's earlier part, a lost node); "
+                "the framework's share is unknown"
+            )
+            meta["framework_energy_j"] = None
+            meta["framework_share"] = None
+        else:
+            meta["framework_energy_j"] = framework
+            meta["framework_share"] = framework / total
 
 
 def study_meter(cfg: DictConfig) -> Any:
@@ -379,6 +446,7 @@ def study_meter(cfg: DictConfig) -> Any:
     return make_meter(
         e.get("backend", "auto"), gpu_indices=None, measure_node=True, rapl_root=e.get("rapl_root"),
         watts_per_core=e.get("watts_per_core"), include_children=True, track_descendants=True,
+        attribution=e.get("attribution", "auto"),
     )  # fmt: skip
 
 

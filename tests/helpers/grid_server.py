@@ -5,26 +5,33 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
 class GridServer:
-    """``values``: the intensities it answers, one per request (the last repeats)."""
+    """``values``: the intensities it answers, one per request (the last repeats).
+
+    ``requests`` and ``headers`` record each request's path and headers (lower-case names), so a
+    test can see what reached this origin. ``misbehave``, when set, gets each request's handler
+    first and may write whatever it likes (a redirect, a slow drip, a cut body); it returns whether
+    it answered, else the API answers as usual.
+    """
 
     def __init__(self, values: list[float], key: str = "secret") -> None:
         self.values = values
         self.key = key
         self.requests: list[str] = []
+        self.headers: list[dict[str, str]] = []
         self.broken = False  # answer 503 while True
+        self.misbehave: Callable[[BaseHTTPRequestHandler], bool] | None = None
 
     def next_value(self) -> float:
         return self.values[min(len(self.requests) - 1, len(self.values) - 1)]
 
     def answer(self, path: str, headers: Any) -> tuple[int, Any]:
-        self.requests.append(path)
         if self.broken:
             return 503, {"error": "down"}
         value = self.next_value()
@@ -55,6 +62,10 @@ def grid_server(values: list[float], key: str = "secret") -> Iterator[tuple[Grid
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            state.requests.append(self.path)
+            state.headers.append({k.lower(): v for k, v in self.headers.items()})
+            if state.misbehave is not None and state.misbehave(self):
+                return
             status, body = state.answer(self.path, self.headers)
             data = json.dumps(body).encode()
             self.send_response(status)

@@ -1,0 +1,160 @@
+"""Concurrent trainings on one CPU package: is every joule charged once, to the job that spent it?
+
+An emulated RAPL package (lightning_green.testing.EmulatedRapl: idle 10 W + 15 W per busy core of
+this machine's real CPU use, updated every 10 ms) is read by trainings with
+`EnergyMonitor(backend="rapl")`, threads pinned to 1:
+
+1. each of two jobs (A: conv_layers=1, B: conv_layers=3) alone, with attribution="auto";
+2. both at once, with attribution="auto" and with attribution="device" (the whole package each).
+
+Printed: the jobs' energies together over the node counter across the span of their windows
+(target [0.90, 1.05]; "device" shows the double counting), each job's attributed dynamic energy
+under contention against its dynamic energy alone (target within 15%), and a lone job's attributed
+figure against the whole package over its windows (target within 1%).
+
+Usage: python benchmarks/shared_node.py [--epochs 6] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import RESULTS, machine
+
+from lightning_green.records import read_summary, read_windows
+from lightning_green.testing import EmulatedRapl
+
+JOB = """
+import sys, torch
+torch.set_num_threads(1)
+from lightning import Trainer
+from lightning_green import EnergyMonitor
+from lightning_green.data import DigitsDataModule
+from lightning_green.models import LitClassifier, SimpleCNN
+root, out, conv, epochs, attribution, idle = sys.argv[1:7]
+monitor = EnergyMonitor(backend="rapl", rapl_root=root, output_dir=out, attribution=attribution,
+                        idle_w={"cpu:0": float(idle)})
+trainer = Trainer(max_epochs=int(epochs), callbacks=[monitor], logger=False, enable_progress_bar=False,
+                  enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0)
+trainer.fit(LitClassifier(SimpleCNN(conv_layers=int(conv))), datamodule=DigitsDataModule(seed=0))
+"""
+
+
+def start(root: Path, out: Path, conv: int, epochs: int, attribution: str, idle_w: float) -> subprocess.Popen:
+    args = [sys.executable, "-c", JOB, str(root), str(out), str(conv), str(epochs), attribution, str(idle_w)]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen) -> None:
+    _, err = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"a job failed:\n{err[-3000:]}")
+
+
+def figures(out: Path, rapl: EmulatedRapl) -> dict:
+    windows = read_windows(out)
+    summary = read_summary(out)
+    start, end = min(w.start_time for w in windows), max(w.end_time for w in windows)
+    node_windows = sum(rapl.joules_between(w.start_time, w.end_time) for w in windows)
+    return {
+        "energy_j": summary["total_j"],
+        "dynamic_j": summary["total_dynamic_j"],
+        "node_j_recorded": summary["total_node_j"],
+        "node_j_emulator": node_windows,
+        "start": start,
+        "end": end,
+        "windows": [(w.start_time, w.end_time) for w in windows],
+        "seconds": sum(w.seconds for w in windows),
+        "share_mean": summary["total_j"] / summary["total_node_j"] if summary["total_node_j"] else None,
+        "attribution": windows[0].attribution,
+    }
+
+
+def union_joules(rapl: EmulatedRapl, spans: list[tuple[float, float]]) -> float:
+    """Node energy over the union of windows (overlaps counted once)."""
+    merged: list[list[float]] = []
+    for s, e in sorted(spans):
+        if merged and s <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    return sum(rapl.joules_between(s, e) for s, e in merged)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default: a fresh temporary one)")
+    args = ap.parse_args()
+    out_dir = args.out or Path(tempfile.mkdtemp(prefix="shared_node_"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="shared_node_work_"))
+    jobs = {"A": 1, "B": 3}
+    res: dict = {
+        "machine": machine(),
+        "epochs": args.epochs,
+        "jobs": {k: f"SimpleCNN(conv_layers={v})" for k, v in jobs.items()},
+    }
+    with EmulatedRapl(work / "powercap", idle_w=10.0, watts_per_core=15.0, history=True) as rapl:
+        time.sleep(3.0)
+        t0 = time.time()
+        time.sleep(3.0)
+        idle_w = rapl.joules_between(t0, time.time()) / 3.0
+        res["idle_w_measured"] = idle_w
+        alone = {}
+        for name, conv in jobs.items():
+            out = work / f"alone_{name}"
+            finish(start(rapl.root, out, conv, args.epochs, "auto", idle_w))
+            alone[name] = figures(out, rapl)
+        together = {}
+        for attribution in ("auto", "device"):
+            procs = {
+                n: start(rapl.root, work / f"{attribution}_{n}", c, args.epochs, attribution, idle_w)
+                for n, c in jobs.items()
+            }
+            for p in procs.values():
+                finish(p)
+            together[attribution] = {n: figures(work / f"{attribution}_{n}", rapl) for n in jobs}
+    lines = [
+        f"Shared CPU package (emulated RAPL: idle 10 W + 15 W per busy core, measured idle {idle_w:.2f} W), {args.epochs} epochs, 1 thread each",
+        "",
+    ]
+    lines.append("Lone job: attributed energy / whole package over its windows (target >= 0.99)")
+    for n, f in alone.items():
+        ratio = f["energy_j"] / f["node_j_emulator"]
+        res.setdefault("lone_ratio", {})[n] = ratio
+        lines.append(f"  {n}: {f['energy_j']:.1f} J of {f['node_j_emulator']:.1f} J -> {ratio:.4f}")
+    lines.append("")
+    lines.append(
+        "Both at once: jobs' energies together / node counter over the union of their windows (target [0.90, 1.05])"
+    )
+    for attribution, figs in together.items():
+        claimed = sum(f["energy_j"] for f in figs.values())
+        node = union_joules(rapl, [w for f in figs.values() for w in f["windows"]])
+        res.setdefault("together_ratio", {})[attribution] = claimed / node
+        lines.append(
+            f"  attribution={attribution}: {claimed:.1f} J claimed / {node:.1f} J node = {claimed / node:.3f}"
+        )
+    lines.append("")
+    lines.append("Attributed dynamic energy under contention vs the same job alone (target within 15%)")
+    for n in jobs:
+        a, c = alone[n]["dynamic_j"], together["auto"][n]["dynamic_j"]
+        err = c / a - 1
+        res.setdefault("dynamic_error", {})[n] = err
+        lines.append(f"  {n}: {c:.1f} J together vs {a:.1f} J alone -> {err:+.1%}")
+    res["alone"], res["together"] = alone, together
+    text = "\n".join(lines) + "\n"
+    (out_dir / "shared_node.txt").write_text(text)
+    (out_dir / "shared_node.json").write_text(json.dumps(res, indent=2, default=str))
+    print(text)
+    print(f"written to {out_dir} (commit by passing --out {RESULTS / 'shared_node'})")
+
+
+if __name__ == "__main__":
+    main()

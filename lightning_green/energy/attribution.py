@@ -1,0 +1,245 @@
+"""Splitting a shared counter among the jobs that used it.
+
+A RAPL package, its DRAM zone and a GPU count the energy of every process on them. When several
+jobs share a node (Ray Tune's concurrent trials, a packed cluster node, two trials on one GPU),
+each job reading the counter as its own would charge the same joules to all of them. Here each
+job is charged its share of the device's busy time in the window, as Kepler and Scaphandre do:
+
+* **CPU packages and DRAM** (``attributed:cpu-time-share``): the CPU time of the job (this
+  process and its descendants, or its cgroup where the job is one: a SLURM job, a Kubernetes pod)
+  over the node's busy CPU time from ``/proc/stat``. A job alone on a quiet node gets nearly the
+  whole package; two jobs get parts that add up to at most the node's figure.
+* **GPUs**: per-process utilisation where the driver reports it; see
+  :mod:`lightning_green.energy.nvml`.
+
+The job's figure is ``joules`` (what reports, budgets, stopping and tuning use); the device's
+stays beside it as ``node_joules``, with the ``share`` and the method (``attribution``).
+
+Example::
+
+    >>> from lightning_green.energy.attribution import CpuTimeShare
+    >>> split = CpuTimeShare()
+    >>> before = split.snapshot()
+    >>> _ = sum(i * i for i in range(10**6))  # this process is busy
+    >>> 0.0 <= split.share(before, split.snapshot()).value <= 1.0
+    True
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from lightning_green.energy.reading import DomainEnergy
+
+#: ``EnergyMonitor(attribution=...)`` / ``make_meter(attribution=...)`` choices.
+ATTRIBUTIONS = ("auto", "job", "device")
+#: Node busy CPU seconds below which a window is too short for ``/proc/stat``'s 10 ms ticks: its
+#: share is then the job's share since the meter started (said in the method: ``...(run)``).
+MIN_RESOLVED_BUSY_S = 0.2
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+#: cgroup paths that are a job of their own (the whole cgroup is the job, not just this process).
+JOB_CGROUP = re.compile(r"(slurm|job_\d+|kubepods|\.scope$|docker|containerd|libpod)")
+
+
+def check_attribution(value: object) -> str:
+    """``value`` if it names an attribution mode; else ``ValueError`` listing the allowed ones."""
+    if not isinstance(value, str) or value not in ATTRIBUTIONS:
+        raise ValueError(f"attribution must be one of {', '.join(ATTRIBUTIONS)}; got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Share:
+    """The job's part of a device over a window.
+
+    Attributes:
+        value: 0 to 1, or ``None`` when it cannot be known (the job's figure is then ``None``).
+        method: ``attributed:<how>`` or ``not-attributable:<why>``.
+    """
+
+    value: float | None
+    method: str
+
+
+class ShareSource(Protocol):
+    """Tells the job's share of one device between two snapshots (cheap to take at an edge)."""
+
+    def snapshot(self) -> Any: ...
+
+    def share(self, before: Any, after: Any) -> Share: ...
+
+
+def node_busy_seconds(stat_path: str | os.PathLike[str] = "/proc/stat") -> float:
+    """CPU seconds the node's cores spent busy since boot (user, nice, system, irq, softirq, steal)."""
+    with open(stat_path) as f:
+        fields = f.readline().split()
+    # cpu user nice system idle iowait irq softirq steal guest guest_nice (guest is inside user)
+    values = [int(v) for v in fields[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values + [0] * (8 - len(values))
+    return (user + nice + system + irq + softirq + steal) / _CLK_TCK
+
+
+def own_cgroup(proc_cgroup: str | os.PathLike[str] = "/proc/self/cgroup") -> str | None:
+    """This process's cgroup v2 path (``/system.slice/slurmstepd.scope/job_42``), or ``None``."""
+    try:
+        for line in Path(proc_cgroup).read_text().splitlines():
+            hierarchy, _, rest = line.split(":", 2)
+            if hierarchy == "0":
+                return rest
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def cgroup_cpu_seconds(path: str | os.PathLike[str]) -> float:
+    """``usage_usec`` of a cgroup v2 ``cpu.stat``, in seconds."""
+    for line in Path(path).read_text().splitlines():
+        key, _, value = line.partition(" ")
+        if key == "usage_usec":
+            return int(value) / 1e6
+    raise OSError(f"no usage_usec in {path}")
+
+
+def job_cpu_clock(
+    scope: str = "auto",
+    include_children: bool = True,
+    cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup",
+    proc_cgroup: str | os.PathLike[str] = "/proc/self/cgroup",
+) -> tuple[Callable[[], float], str]:
+    """A function returning the job's CPU seconds so far, and what it counts.
+
+    ``scope="process"``: this process (and, with ``include_children``, its descendants);
+    ``"cgroup"``: this process's cgroup; ``"auto"``: the cgroup where it looks like a job of its
+    own (SLURM, Kubernetes, a container, a systemd scope), else the process.
+    """
+    from lightning_green.energy.estimate import _process_cpu_seconds
+
+    if scope not in ("auto", "process", "cgroup"):
+        raise ValueError(f"job scope must be one of auto, process, cgroup; got {scope!r}")
+    if scope != "process":
+        group = own_cgroup(proc_cgroup)
+        stat = Path(cgroup_root) / (group or "/").lstrip("/") / "cpu.stat"
+        usable = group not in (None, "/") and stat.is_file()
+        if usable and (scope == "cgroup" or JOB_CGROUP.search(group or "")):
+            try:
+                cgroup_cpu_seconds(stat)
+            except (OSError, ValueError):
+                usable = False
+            if usable:
+                return (lambda: cgroup_cpu_seconds(stat)), f"cgroup {group}"
+        if scope == "cgroup":
+            raise OSError(f"no cgroup v2 cpu.stat for this process (cgroup {group!r} under {cgroup_root})")
+    what = "this process" + (" and its descendants" if include_children else "")
+    return (lambda: _process_cpu_seconds(include_children)), what
+
+
+class CpuTimeShare:
+    """The job's share of the node's CPU packages and DRAM: its CPU time over the node's busy CPU time.
+
+    Args:
+        job_seconds: The job's CPU seconds so far (default: :func:`job_cpu_clock`).
+        node_seconds: The node's busy CPU seconds so far (default: ``/proc/stat``).
+        job: What ``job_seconds`` counts, for the records.
+
+    Raises:
+        OSError: If ``/proc/stat`` (or the given clocks) cannot be read.
+    """
+
+    def __init__(
+        self,
+        job_seconds: Callable[[], float] | None = None,
+        node_seconds: Callable[[], float] = node_busy_seconds,
+        job: str | None = None,
+    ) -> None:
+        if job_seconds is None:
+            job_seconds, job = job_cpu_clock()
+        self._job, self._node = job_seconds, node_seconds
+        self.job = job or "the job"
+        self._start = self.snapshot()  # fails here, not mid-run, where /proc/stat is unreadable
+
+    def snapshot(self) -> tuple[float, float]:
+        return self._job(), self._node()
+
+    def describe(self) -> str:
+        return f"CPU time of {self.job} over the node's busy CPU time (/proc/stat)"
+
+    def share(self, before: tuple[float, float], after: tuple[float, float]) -> Share:
+        job, node = after[0] - before[0], after[1] - before[1]
+        method = "attributed:cpu-time-share"
+        if node < MIN_RESOLVED_BUSY_S:
+            job, node = after[0] - self._start[0], after[1] - self._start[1]
+            method += "(run)"
+        if node <= 0:
+            return Share(1.0, method)  # nothing was busy: nobody else used the package either
+        return Share(min(1.0, max(0.0, job / node)), method)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which channels one share source splits: ``domains`` of ``sources`` on ``devices`` (``None``: any)."""
+
+    source: ShareSource
+    domains: tuple[str, ...]
+    sources: tuple[str, ...] = ()
+    devices: tuple[str, ...] | None = None
+
+    def covers(self, d: DomainEnergy) -> bool:
+        return (
+            d.domain in self.domains
+            and (not self.sources or d.source in self.sources)
+            and (self.devices is None or d.device in self.devices)
+        )
+
+
+class Attribution:
+    """Applies splits to a meter's domains: snapshots at window edges, shares at the end."""
+
+    def __init__(self, splits: Sequence[Split], notes: Sequence[str] = ()) -> None:
+        self.splits = list(splits)
+        self.notes = list(notes)
+
+    def snapshot(self) -> list[Any]:
+        return [s.source.snapshot() for s in self.splits]
+
+    def apply(
+        self, domains: Sequence[DomainEnergy], before: list[Any], after: list[Any]
+    ) -> list[DomainEnergy]:
+        shares = [s.source.share(b, a) for s, b, a in zip(self.splits, before, after, strict=True)]
+        out = []
+        for d in domains:
+            for split, share in zip(self.splits, shares, strict=True):
+                if split.covers(d):
+                    d = attribute(d, share)
+                    break
+            out.append(d)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for s in self.splits:
+            key = "+".join(s.domains) + (f" {','.join(s.devices)}" if s.devices else "")
+            describe = getattr(s.source, "describe", None)
+            out[key] = describe() if describe is not None else type(s.source).__name__
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+
+def attribute(d: DomainEnergy, share: Share) -> DomainEnergy:
+    """Domain ``d`` with the job's part of it: ``joules`` x share, the device's figure kept."""
+    if d.joules is None:
+        return replace(d, node_joules=None, share=share.value, attribution=share.method)
+    job = None if share.value is None else d.joules * share.value
+    return replace(
+        d,
+        joules=job,
+        node_joules=d.joules,
+        share=share.value,
+        attribution=share.method,
+        dynamic_joules=None,  # recomputed from the device's figure by apply_baseline
+    )
