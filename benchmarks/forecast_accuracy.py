@@ -5,7 +5,7 @@ runs ``--epochs`` epochs; the forecast logged inside the first epoch (after warm
 epoch is compared with the fit's final energy. Beside it: what a mean over whole epochs (the
 forecast before this change) would have said after each epoch. ``--warmup-ms`` adds CPU work to
 the first 4 batches of each fit, as CUDA autotuning and compilation do on a GPU.
-Usage: python benchmarks/forecast_accuracy.py [--epochs 5] [--warmup-ms 60]
+Usage: python benchmarks/forecast_accuracy.py [--epochs 5] [--warmup-ms 60] [--repeats 3] [--out DIR]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import warnings
 
 import lightning.pytorch as pl
 import torch
-from common import machine, median, save
+from common import add_out_argument, machine, median, save
 
 from lightning_green import EnergyMonitor
 from lightning_green.data import DigitsDataModule
@@ -51,8 +51,8 @@ class Record(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         m = self.monitor
         self.after_epoch.append(m.forecast.fit_j if m.forecast else float("nan"))
-        done = len(m.epoch_j)
-        self.mean_of_epochs.append(m.total_j + (trainer.max_epochs - done) * sum(m.epoch_j) / done)
+        done = len(m.ledger.epoch_j)
+        self.mean_of_epochs.append(m.total_j + (trainer.max_epochs - done) * sum(m.ledger.epoch_j) / done)
 
 
 def run(name: str, epochs: int, warmup_s: float) -> dict:
@@ -81,6 +81,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--warmup-ms", type=float, default=60.0)
     p.add_argument("--repeats", type=int, default=3)
+    add_out_argument(p)
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -113,7 +114,7 @@ def main() -> None:
         f"command: python benchmarks/forecast_accuracy.py --epochs {args.epochs} --warmup-ms {args.warmup_ms:g} "
         f"--repeats {args.repeats}",
     ]
-    save("forecast_accuracy", "\n".join(lines) + "\n", data)
+    save("forecast_accuracy", "\n".join(lines) + "\n", data, args.out)
 
 
 if __name__ == "__main__":

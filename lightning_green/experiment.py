@@ -27,7 +27,7 @@ from lightning_green.config import (
     to_container,
 )
 from lightning_green.models import LitClassifier, count_params
-from lightning_green.records import RunRecord, write_run
+from lightning_green.records import EnergySummary, RunRecord, write_run
 
 
 @dataclass
@@ -113,7 +113,7 @@ def run_training(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = No
     t0 = time.monotonic()
     run.trainer.fit(run.module, datamodule=run.datamodule)
     val_acc = _metric(run.trainer, "val_acc")
-    fit = run.monitor.summary()  # the monitor's public totals, as in energy_summary.json
+    fit = run.monitor.summary()  # the fit's totals, before the test adds to them
     test_acc = None
     if cfg.test:
         # The best checkpoint when one monitors a metric (callbacks.model_checkpoint), else the last weights.
@@ -124,33 +124,27 @@ def run_training(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = No
         results = run.trainer.test(run.module, datamodule=run.datamodule, ckpt_path=best, verbose=False)
         test_acc = float(results[0]["test_acc"]) if results else None
     end = run.monitor.summary()
-    dynamic = fit["stage_dynamic_j"]
-    fit_stages = ("train", "validate", "sanity_check")
     record = RunRecord(
-        run_id=end["run_id"],
+        run_id=end.run_id,
         overrides=_overrides(),
         choices=_choices(),
         config=to_container(cfg),
         test_acc=test_acc,
         val_acc=val_acc,
-        energy_j=fit["total_j"],
-        total_j=end["total_j"],
-        total_kwh=end["total_kwh"],
-        co2e_g=end["co2e_g"],
-        carbon={**end["carbon"], "effective_g_per_kwh": end["carbon_intensity_g_per_kwh"], "pue": end["pue"]},
+        energy_j=fit.total_j,
+        total_j=end.total_j,
+        total_kwh=end.total_kwh,
+        co2e_g=end.co2e_g,
+        carbon={**end.carbon, "effective_g_per_kwh": end.carbon_intensity_g_per_kwh, "pue": end.pue},
         seconds=time.monotonic() - t0,
-        train_seconds=end["stage_s"].get("train", 0.0),
+        train_seconds=end.stage_s.get("train", 0.0),
         params=count_params(run.module.net),
         flops_per_sample=run.flops_per_sample,
-        sources=end["sources"],
-        complete=end["complete"],
-        epochs=end["epochs"],
-        resumed_from=end["resumed_from"],
-        dynamic_j=(
-            float(sum(dynamic.get(st) or 0.0 for st in fit_stages))
-            if end["idle_baseline"] is not None and all(dynamic.get(st, 0.0) is not None for st in fit_stages)
-            else None
-        ),
+        sources=end.sources,
+        complete=end.complete,
+        epochs=end.epochs,
+        resumed_from=end.resumed_from,
+        dynamic_j=_fit_dynamic_j(fit),
     )
     record.machine = machine_state(load0)
     busy = record.machine["other_load"]
@@ -164,6 +158,14 @@ def run_training(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = No
     if run.trainer.is_global_zero:
         write_run(cfg.output_dir, record)
     return record
+
+
+def _fit_dynamic_j(fit: EnergySummary) -> float | None:
+    """The fit's dynamic energy (sanity check, train, validation), ``None`` where any is unknown."""
+    stages = [fit.stage_dynamic_j.get(st, 0.0) for st in ("train", "validate", "sanity_check")]
+    if fit.idle_baseline is None or any(d is None for d in stages):
+        return None
+    return float(sum(d or 0.0 for d in stages))
 
 
 def _load_average() -> float | None:

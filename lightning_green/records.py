@@ -124,6 +124,65 @@ class WindowRecord:
 
 
 @dataclass
+class EnergySummary:
+    """A run's totals, as ``energy_summary.json`` holds them (plus ``finished``).
+
+    Built by :class:`lightning_green.ledger.EnergyLedger`; ``EnergyMonitor.summary()`` returns one.
+    Indexing by name (``summary["total_j"]``) reads the field of that name.
+    """
+
+    run_id: str
+    resumed_from: list[str]
+    previous_run_id: str | None
+    carried_over_j: float
+    host: str
+    world_size: int
+    meter: str | None
+    assumptions: dict[str, Any]
+    #: The job's energy: every window's ``energy_j`` (a split counter's part of it), in joules.
+    total_j: float
+    #: The devices' whole figures over the same windows, before any split among jobs.
+    total_node_j: float
+    #: ``EnergyMonitor(attribution=...)``; ``attributions`` says how each split domain was split.
+    attribution: str
+    attributions: dict[str, str]
+    total_kwh: float
+    co2e_g: float
+    carbon_intensity_g_per_kwh: float
+    carbon: dict[str, Any]
+    pue: float
+    stage_j: dict[str, float]
+    stage_s: dict[str, float]
+    idle_baseline: dict[str, Any] | None
+    total_dynamic_j: float | None
+    stage_dynamic_j: dict[str, float | None]
+    dynamic_covers: str
+    sources: dict[str, str]
+    windows: int
+    incomplete_windows: int
+    interrupted_windows: int
+    records_unwritten: int
+    complete: bool
+    epochs: int
+    forecast_fit_j: float | None
+    forecast: dict[str, Any] | None
+    ended_by: str | None
+    stopped_by: str | None
+    total_covers: str
+    node_covers: str = (
+        "the devices' whole figures over this run's windows, before shared counters were split among "
+        "jobs (equal to total_j where nothing was split)"
+    )
+    schema: int = SCHEMA_VERSION
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
 class LayerRecord:
     """Energy of one module (``kind="layer"``) or one layer type (``kind="layer_type"``).
 

@@ -356,10 +356,44 @@ def test_testing_a_checkpoint_does_not_roll_the_totals_back(tmp_path: Path):
     trainer = _trainer(tmp_path, monitor, max_epochs=3, callbacks=[ckpt], logger=False)
     model = _model()
     trainer.fit(model, datamodule=DigitsDataModule())
-    fit_total, epochs = monitor.total_j, len(monitor.epoch_j)
+    fit_total, epochs = monitor.total_j, monitor.summary().epochs
     first_epoch = tmp_path / "ckpt" / "eepoch=0.ckpt"  # its state: 1 epoch, a third of the energy
     trainer.test(model, datamodule=DigitsDataModule(), ckpt_path=first_epoch, verbose=False)
     test_j = sum(w.energy_j for w in read_windows(tmp_path / "out") if w.stage == "test")
     summary = read_summary(tmp_path / "out")
     assert summary["total_j"] == pytest.approx(fit_total + test_j)
     assert summary["epochs"] == epochs == 3
+
+
+def test_two_monitors_in_one_trainer_each_keep_their_own_records(tmp_path: Path):
+    a, b = EnergyMonitor(output_dir=tmp_path / "a"), EnergyMonitor(output_dir=tmp_path / "b")
+    assert a.state_key != b.state_key
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = _trainer(tmp_path, a, max_epochs=1, logger=False, callbacks=[b, ckpt])
+    trainer.fit(_model(), datamodule=DigitsDataModule())
+    for folder in ("a", "b"):
+        windows = read_windows(tmp_path / folder)
+        assert windows and sum(w.energy_j for w in windows) == pytest.approx(
+            read_summary(tmp_path / folder)["total_j"]
+        )
+    # A resumed run writes to a new folder: the checkpoint's one state is still its own.
+    resumed = EnergyMonitor(output_dir=tmp_path / "c")
+    one = _trainer(tmp_path, resumed, max_epochs=2, logger=False)
+    one.fit(_model(), datamodule=DigitsDataModule(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    # two states in that checkpoint: which one is this run's is ambiguous, so neither is taken
+    assert resumed.summary().resumed_from == []
+
+
+def test_callbacks_find_the_monitor_through_one_accessor(tmp_path: Path):
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    from lightning_green import EnergyBudget
+
+    trainer = _trainer(tmp_path, EnergyMonitor(output_dir=tmp_path), max_epochs=1, logger=False)
+    assert EnergyMonitor.of(trainer) is trainer.callbacks[0]
+    bare = Trainer(max_epochs=1, callbacks=[EnergyBudget(max_j=1.0)], logger=False, enable_progress_bar=False)
+    with pytest.raises(MisconfigurationException, match=r"^EnergyBudget reads an EnergyMonitor: add one"):
+        bare.fit(_model(), datamodule=DigitsDataModule())
+    monitor = EnergyMonitor()
+    with pytest.deprecated_call(match="energy_monitor="):
+        assert EnergyBudget(max_j=1.0, monitor=monitor).energy_monitor is monitor

@@ -158,7 +158,7 @@ def test_records_folder_deleted_mid_fit_keeps_every_window(tmp_path: Path):
     with pytest.warns(RuntimeWarning, match="deleted or replaced during the run"):
         trainer.fit(LitClassifier(SimpleCNN(conv_layers=1, linear_layers=1)), datamodule=DigitsDataModule())
     windows = read_windows(out)
-    assert len(windows) == monitor.windows
+    assert len(windows) == monitor.summary().windows
     assert [w.epoch for w in windows if w.stage == "train"] == [0, 1, 2]
     assert sum(w.energy_j for w in windows) == pytest.approx(monitor.total_j, rel=1e-9)
     assert read_summary(out)["total_j"] == pytest.approx(monitor.total_j, rel=1e-9)

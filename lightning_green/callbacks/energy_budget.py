@@ -10,8 +10,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities import rank_zero_deprecation, rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from lightning_green._checks import check_bool, check_int, check_number
@@ -47,7 +46,9 @@ class EnergyBudget(Callback):
         check: ``"spent"`` (default) or ``"forecast"``.
         check_every_n_steps: Check every this many training batches (and at every epoch end and
             validation end); a check costs a counter peek (microseconds).
-        monitor: The EnergyMonitor to read (default: the one in ``Trainer(callbacks=...)``).
+        energy_monitor: The EnergyMonitor to read (default: the Trainer's, see
+            :meth:`EnergyMonitor.of <lightning_green.EnergyMonitor.of>`).
+        monitor: Deprecated name of ``energy_monitor`` (in Lightning, ``monitor`` names a metric).
         verbose: Log a line when the budget stops the fit.
 
     Raises:
@@ -79,9 +80,15 @@ class EnergyBudget(Callback):
         on_exceed: str = "stop",
         check: str = "spent",
         check_every_n_steps: int = 10,
-        monitor: EnergyMonitor | None = None,
+        energy_monitor: EnergyMonitor | None = None,
         verbose: bool = True,
+        monitor: EnergyMonitor | None = None,
     ) -> None:
+        if monitor is not None:
+            if energy_monitor is not None:
+                raise ValueError("give energy_monitor or its old name monitor, not both")
+            rank_zero_deprecation("EnergyBudget(monitor=) is now energy_monitor=")
+            energy_monitor = monitor
         if max_j is None and max_kwh is None and max_co2e_g is None:
             raise ValueError(
                 "EnergyBudget needs a budget: max_j, max_kwh or max_co2e_g (a finite number > 0)"
@@ -94,13 +101,13 @@ class EnergyBudget(Callback):
         if check not in CHECKS:
             raise ValueError(f"check must be one of {', '.join(CHECKS)}; got {check!r}")
         check_int("check_every_n_steps", check_every_n_steps, 1)
-        if monitor is not None and not isinstance(monitor, EnergyMonitor):
-            raise ValueError(f"monitor must be an EnergyMonitor or None; got {monitor!r}")
+        if energy_monitor is not None and not isinstance(energy_monitor, EnergyMonitor):
+            raise ValueError(f"energy_monitor must be an EnergyMonitor or None; got {energy_monitor!r}")
         self.max_j, self.max_kwh, self.max_co2e_g = max_j, max_kwh, max_co2e_g
         self.on_exceed, self.check = on_exceed, check
         self.check_every_n_steps = check_every_n_steps
         self.verbose = check_bool("verbose", verbose)
-        self.monitor = monitor
+        self.energy_monitor = energy_monitor
         self.budget_j = math.inf
         self.stopped = False
         self.reason: str | None = None
@@ -115,13 +122,9 @@ class EnergyBudget(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.monitor is None:
-            self.monitor = next((c for c in trainer.callbacks if isinstance(c, EnergyMonitor)), None)
-        if self.monitor is None:
-            raise MisconfigurationException(
-                "EnergyBudget reads an EnergyMonitor: add one, Trainer(callbacks=[EnergyMonitor(), EnergyBudget(...)])"
-            )
-        carbon = self.monitor.carbon
+        if self.energy_monitor is None:
+            self.energy_monitor = EnergyMonitor.of(trainer, "EnergyBudget")
+        carbon = self.energy_monitor.carbon
         limits = [math.inf]
         if self.max_j is not None:
             limits.append(float(self.max_j))
@@ -150,15 +153,15 @@ class EnergyBudget(Callback):
         self._check(trainer)
 
     def _check(self, trainer: pl.Trainer) -> None:
-        assert self.monitor is not None
-        spent = self.monitor.spent_j()
+        assert self.energy_monitor is not None
+        spent = self.energy_monitor.spent_j()
         used = spent / self.budget_j if self.budget_j > 0 else math.inf
         publish(trainer, {"energy/budget_used": used})
         reason = None
         if spent >= self.budget_j:
             reason = f"EnergyBudget: spent {spent:.4g} J, the budget is {self.budget_j:.4g} J"
-        elif self.check == "forecast" and self.monitor.forecast is not None:
-            f = self.monitor.forecast.fit_j
+        elif self.check == "forecast" and self.energy_monitor.forecast is not None:
+            f = self.energy_monitor.forecast.fit_j
             if f > self.budget_j:
                 reason = f"EnergyBudget: the fit is forecast to use {f:.4g} J, over the budget of {self.budget_j:.4g} J"
         exceed = trainer.strategy.reduce_boolean_decision(reason is not None, all=False)
@@ -171,8 +174,8 @@ class EnergyBudget(Callback):
                 rank_zero_warn(f"{reason}; training goes on (on_exceed='warn')")
             return
         trainer.should_stop = True
-        if self.monitor.stopped_by is None:
-            self.monitor.note_stop(reason)
+        if self.energy_monitor.stopped_by is None:
+            self.energy_monitor.note_stop(reason)
             if self.verbose:
                 rank_zero_info(f"{reason}: stopping at step {trainer.global_step}")
         self.stopped, self.reason = True, self.reason or reason

@@ -114,12 +114,7 @@ class EnergyEfficientStopping(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.energy_monitor is None:
-            self.energy_monitor = next((c for c in trainer.callbacks if isinstance(c, EnergyMonitor)), None)
-        if self.energy_monitor is None:
-            raise MisconfigurationException(
-                "EnergyEfficientStopping reads an EnergyMonitor: add one, "
-                "Trainer(callbacks=[EnergyMonitor(), EnergyEfficientStopping(...)])"
-            )
+            self.energy_monitor = EnergyMonitor.of(trainer, "EnergyEfficientStopping")
 
     def _better(self, a: float, b: float) -> bool:
         return a > b if self.mode == "max" else a < b

@@ -1,47 +1,42 @@
 """Per-epoch energy of training, validation and testing, logged and written to disk.
 
-Monitors the energy of every train epoch, validation run and test run of a Lightning Trainer.
+The hooks decide *when* a window opens and closes; :mod:`lightning_green.ledger` keeps what the
+windows add up to.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import socket
-import time
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_deprecation, rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
 from lightning_green._checks import check_bool, check_int, check_number
-from lightning_green.callbacks.forecast import FitForecaster, Forecast
+from lightning_green.callbacks.fit_forecast import ForecastSchedule, last_epoch
+from lightning_green.callbacks.forecast import Forecast
 from lightning_green.callbacks.placement import default_output_dir, own_gpus
 from lightning_green.callbacks.publish import publish
+from lightning_green.callbacks.windows import Windows
 from lightning_green.energy import DEFAULT_WATTS_PER_CORE, Meter, Reading, make_meter
 from lightning_green.energy.attribution import check_attribution
-from lightning_green.energy.baseline import IdleBaseline, apply_baseline, given_baseline, measure_idle
-from lightning_green.energy.carbon import COVERS, DEFAULT_CARBON_INTENSITY, DEFAULT_PUE, CarbonModel
+from lightning_green.energy.baseline import IdleBaseline, given_baseline, measure_idle
+from lightning_green.energy.carbon import DEFAULT_CARBON_INTENSITY, DEFAULT_PUE, CarbonModel
 from lightning_green.energy.grid import IntensityProvider
 from lightning_green.energy.rapl import DEFAULT_ROOT
-from lightning_green.energy.reading import DomainEnergy, merge_parallel, merge_readings
 from lightning_green.energy.select import check_backend
-from lightning_green.records import (
-    RECORDS_FILE,
-    SUMMARY_FILE,
-    RecordWriter,
-    WindowRecord,
-    write_json_atomic,
-)
-
-_TRAIN, _VAL, _TEST, _PRED, _SANITY = "train", "validate", "test", "predict", "sanity_check"
-SUMMARY_EVERY_S = 30.0
+from lightning_green.ledger import PREDICT as _PRED
+from lightning_green.ledger import SANITY as _SANITY
+from lightning_green.ledger import TEST as _TEST
+from lightning_green.ledger import TRAIN as _TRAIN
+from lightning_green.ledger import VAL as _VAL
+from lightning_green.ledger import EnergyLedger
+from lightning_green.records import RECORDS_FILE, SUMMARY_FILE, EnergySummary, RecordWriter
 
 
 class EnergyMonitor(Callback):
@@ -204,53 +199,108 @@ class EnergyMonitor(Callback):
         self.carbon = CarbonModel(carbon_intensity, pue, live=carbon_live, live_url=carbon_live_url)
         self.backend = backend
         self.output_dir = Path(output_dir) if output_dir is not None else None
+        self._key_dir = None if output_dir is None else str(output_dir)
         self.rapl_root = rapl_root
         self.log_metrics = log
-        self.run_id = uuid.uuid4().hex[:12]
-        self.resumed_from: list[str] = []  # run ids whose energy this run's totals carry (checkpoints)
-        self.previous_run_id: str | None = None  # the run of this monitor's previous fit
-        self._fits = 0
-        self.ended_by: str | None = None
+        #: The run's totals, records and checkpoint state (see :mod:`lightning_green.ledger`).
+        self.ledger = EnergyLedger(self.carbon)
+        self.forecast: Forecast | None = None
         self.meter: Meter | None = None
-        self._writer: RecordWriter | None = None
+        self._windows: Windows | None = None
+        self._fits = 0
         self._is_writer = False
         self._world_size = 1
-        self._warned_incomplete = False
-        self._reset_totals()
-        # Windows in flight: stage -> list of finished segments (train pauses around validation).
-        self._segments: dict[str, list[Reading]] = {}
         self._paused_train = False
         self._epoch_val_j = 0.0
-        self._summary_at = -math.inf
-        self._warned_summary = False
         self._stage: str | None = None
+        self._new_fit_state()
 
-    def _reset_totals(self) -> None:
-        self.total_j = 0.0
-        self.total_co2e_g = 0.0
-        self.stage_j: dict[str, float] = {}
-        self.stage_s: dict[str, float] = {}
-        self.sources: dict[str, str] = {}
-        self.windows = 0
-        self.incomplete_windows = 0
-        self.epoch_j: list[float] = []  # train + its validation, per completed epoch
-        self.interrupted_windows = 0
-        self.total_dynamic_j: float | None = 0.0  # None once a window's dynamic energy is unknown
-        self.total_node_j = 0.0  # the devices' whole figures over this run's windows (before any split)
-        self.stage_dynamic_j: dict[str, float | None] = {}
-        self.carried_j = 0.0  # energy carried over from a checkpoint's run(s)
-        self.forecast: Forecast | None = None
-        self.stopped_by: str | None = None
-        self._forecaster = FitForecaster()
-        self._batches = 0  # training batches in this fit
-        self._batch_offset = 0  # batches of the epochs a resumed fit skipped
-        self._warm_at: int | None = None
-        self._fit_train_j = 0.0  # training energy of this fit's closed train windows
-        self._val_runs = 0
-        self._val_run_j = 0.0
-        self._failed_stages: set[str] = set()
-        self._warned_meter = False
+    def _new_fit_state(self) -> None:
+        self.forecast = None
+        self._schedule = ForecastSchedule(self.forecast_warmup_steps, self.forecast_every_n_steps)
+        self._warned: set[str] = set()
         self._described = ""
+
+    # ------------------------------------------------------------------ the accessor
+    @classmethod
+    def of(cls, trainer: pl.Trainer, who: str = "this callback") -> EnergyMonitor:
+        """The Trainer's EnergyMonitor: the one way other callbacks and tools read a run's energy
+        (:meth:`spent_j`, :attr:`forecast`, :meth:`summary`, :meth:`note_stop`, :attr:`carbon`,
+        :attr:`run_id`, :attr:`output_dir`, :attr:`meter`).
+
+        Raises:
+            MisconfigurationException: If the Trainer has none (the message names ``who``).
+        """
+        monitor = next((c for c in trainer.callbacks if isinstance(c, cls)), None)
+        if monitor is None:
+            raise MisconfigurationException(
+                f"{who} reads an EnergyMonitor: add one, Trainer(callbacks=[EnergyMonitor(), ...])"
+            )
+        return monitor
+
+    @property
+    @override
+    def state_key(self) -> str:
+        # Two monitors in one Trainer write to two folders and keep two states (Lightning refuses
+        # two callbacks with one key); a monitor without an output_dir keeps the class name.
+        if self._key_dir is None:
+            return type(self).__qualname__
+        return self._generate_state_key(output_dir=self._key_dir)
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # A resumed run usually writes to a new folder (a new Hydra run dir): its key differs from
+        # the checkpoint's. With one monitor's state in the checkpoint, that state is this run's.
+        states = checkpoint.get("callbacks", {})
+        if self.state_key in states:
+            return  # Lightning hands it to load_state_dict
+        mine = [v for k, v in states.items() if isinstance(k, str) and k.startswith(type(self).__qualname__)]
+        if len(mine) == 1:
+            self.load_state_dict(mine[0])
+
+    # ------------------------------------------------------------------ the run's figures
+    @property
+    def run_id(self) -> str:
+        return self.ledger.run_id
+
+    @property
+    def total_j(self) -> float:
+        """Energy of the closed windows of this run, in joules (see :meth:`spent_j` for open ones)."""
+        return self.ledger.totals.j
+
+    @property
+    def stopped_by(self) -> str | None:
+        return self.ledger.stopped_by
+
+    @property
+    def forecast_fit_j(self) -> float | None:
+        """The latest forecast of the fit's energy, in joules (``None`` before there is one)."""
+        return self.forecast.fit_j if self.forecast is not None else None
+
+    def spent_j(self) -> float:
+        """Energy of this run so far, open windows included, in joules (cheap: no device sync).
+
+        Rank-local under DDP until the window closes and the ranks' readings are merged.
+        """
+        return self.ledger.spent_j(self._windows.pending_j() if self._windows is not None else 0.0)
+
+    def note_stop(self, reason: str) -> None:
+        """Record why a callback asked the fit to stop (written to the summary as ``stopped_by``)."""
+        self.ledger.note_stop(reason)
+
+    def summary(self) -> EnergySummary:
+        """The totals, as written to ``energy_summary.json`` (a typed record; ``summary()["total_j"]`` works too)."""
+        meter = self.meter
+        return self.ledger.summary(
+            meter=meter.describe() if meter is not None else None,
+            assumptions=meter.assumptions if meter is not None else {},
+            world_size=self._world_size,
+            attribution=self.attribution,
+            baseline=self.baseline.to_dict() if self.baseline is not None else None,
+            forecast=asdict(self.forecast) if self.forecast is not None else None,
+        )
 
     # ------------------------------------------------------------------ set-up
     @override
@@ -260,11 +310,10 @@ class EnergyMonitor(Callback):
             if self._fits:
                 # A second fit with the same monitor is a new run: its own run_id and totals, never
                 # a mix of two fits' epochs. ``previous_run_id`` links them.
-                self.previous_run_id, self.run_id = self.run_id, uuid.uuid4().hex[:12]
-                self.resumed_from = []
-                self._reset_totals()
+                self.ledger.new_run()
+                self._new_fit_state()
             self._fits += 1
-            self.ended_by = None
+            self.ledger.ended_by = None
         if self.meter is not None:
             return
         self.carbon.start()  # a live provider's first fetch (bounded by its timeout)
@@ -280,13 +329,15 @@ class EnergyMonitor(Callback):
             sync_reads=self.sync_reads,
             attribution=self.attribution,
         )
+        self._windows = Windows(self.meter, self._meter_failed)
         self._measure_baseline()
         self._is_writer = trainer.is_global_zero
         if self._is_writer:
             if self.output_dir is None:
                 self.output_dir = default_output_dir(trainer)
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            self._writer = RecordWriter(self.output_dir / RECORDS_FILE)
+            self.ledger.writer = RecordWriter(self.output_dir / RECORDS_FILE)
+            self.ledger.summary_path = self.output_dir / SUMMARY_FILE
         description = self.meter.describe()
         # Once per monitor: a later stage (test) says it again only if it changed.
         if description != self._described:
@@ -328,7 +379,7 @@ class EnergyMonitor(Callback):
         if self.meter is None:
             return
         self._close_open_windows(trainer, reason="teardown")
-        self._write_summary(finished=self.ended_by is None)
+        self._write_summary(finished=self.ledger.ended_by is None)
         self._release()
 
     @override
@@ -340,7 +391,7 @@ class EnergyMonitor(Callback):
         Lightning calls no ``teardown`` after an exception, so this is where nothing may be lost.
         """
         reason = f"{type(exception).__name__}: {exception}"[:300]
-        self.ended_by = reason
+        self.ledger.ended_by = reason
         if self.meter is None:
             return
         try:
@@ -353,56 +404,39 @@ class EnergyMonitor(Callback):
         """Record windows still open (or paused) as interrupted records: their energy is not dropped."""
         for stage in list(self._segments):
             self._finish(trainer, stage, interrupted=reason)
-        self._segments.clear()
         self._paused_train = False
 
     def _release(self) -> None:
         self.carbon.close()
-        if self._writer is not None:
-            self._writer.close()
-        meter, self.meter = self.meter, None
+        if self.ledger.writer is not None:
+            self.ledger.writer.close()
+        meter, self.meter, self._windows = self.meter, None, None
         if meter is not None and meter is not self._user_meter:
             try:
                 meter.close()
             except Exception as err:  # a meter that fails to close must not hide the real outcome
                 rank_zero_warn(f"lightning-green: closing the meter failed ({err!r})")
 
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            rank_zero_warn(message)
+
     # ------------------------------------------------------------------ windows
+    @property
+    def _segments(self) -> dict[str, list[Reading]]:
+        return self._windows.segments if self._windows is not None else {}
+
     def _begin(self, stage: str) -> None:
-        if self.meter is None:
-            return
-        self._segments.setdefault(stage, [])
-        try:
-            self.meter.begin_window(stage)
-        except Exception as err:  # a failing meter never ends training: the window is recorded as failed
-            self._meter_failed(stage, err)
-
-    def _pause(self, stage: str) -> None:
-        assert self.meter is not None
-        reading = self._end_segment(stage)
-        if reading is not None:
-            self._segments[stage].append(reading)
-
-    def _end_segment(self, stage: str, settle: bool = False) -> Reading | None:
-        assert self.meter is not None
-        if not self.meter.is_open(stage):
-            return None
-        try:
-            return self.meter.end_window(stage, settle=settle)
-        except Exception as err:
-            self._meter_failed(stage, err)
-            return None
+        if self._windows is not None:
+            self._windows.begin(stage)
 
     def _meter_failed(self, stage: str, err: Exception) -> None:
-        self._failed_stages.add(stage)
-        if not self._warned_meter:
-            self._warned_meter = True
-            rank_zero_warn(
-                f"lightning-green: the meter failed in the {stage} window ({err!r}); the window is recorded "
-                "as incomplete with no figure and training goes on. Further meter failures are not warned about."
-            )
-        if self.meter is not None:
-            self.meter.discard_window(stage)  # leave no half-open window behind
+        self._warn_once(
+            "meter",
+            f"lightning-green: the meter failed in the {stage} window ({err!r}); the window is recorded "
+            "as incomplete with no figure and training goes on. Further meter failures are not warned about.",
+        )
 
     def _finish(
         self, trainer: pl.Trainer, stage: str, interrupted: str | None = None, settle: bool = False
@@ -412,171 +446,74 @@ class EnergyMonitor(Callback):
         ``settle``: the last window of a fit (or a test run) waits for the counter sample after
         its end instead of extrapolating to it (background-sampled meters only).
         """
-        if self.meter is None or stage not in self._segments:
+        if self._windows is None:
             return None
-        segments = self._segments.pop(stage)
-        last = self._end_segment(stage, settle=settle)
-        if last is not None:
-            segments.append(last)
-        failed = stage in self._failed_stages
-        self._failed_stages.discard(stage)
-        if failed or not segments:
-            # No usable reading: an explicit incomplete window with no figure (never a silent zero).
-            now = time.time()
-            start = segments[0].start_time if segments else now
-            failed_domains = tuple(
-                DomainEnergy(c.domain, c.device, None, c.source, complete=False) for c in self.meter.channels
-            )
-            failed_domains = failed_domains or (DomainEnergy("unknown", "-", None, "failed", False),)
-            segments = [*segments, Reading(start, now, 0.0, failed_domains)]
-        local = merge_readings(segments)
-        if self.baseline is not None:
-            local = apply_baseline(local, self.baseline)
-        reading = self._gather(trainer, local)
-        self._account(trainer, stage, reading, interrupted=interrupted)
+        reading = self._windows.finish(stage, self.baseline, self._world_size, settle=settle)
+        if reading is not None:
+            self._account(trainer, stage, reading, interrupted=interrupted)
         return reading
-
-    def _gather(self, trainer: pl.Trainer, local: Reading) -> Reading:
-        if (
-            self._world_size <= 1
-            or not torch.distributed.is_available()
-            or not torch.distributed.is_initialized()
-        ):
-            return local
-        gathered: list[Reading | None] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, local)
-        per_rank = []
-        for rank, r in enumerate(gathered):
-            assert r is not None
-            domains = tuple(
-                DomainEnergy(
-                    d.domain, f"rank{rank}/{d.device}", d.joules, d.source, d.complete, d.dynamic_joules
-                )
-                for d in r.domains
-            )
-            per_rank.append(Reading(r.start_time, r.end_time, r.seconds, domains, r.assumptions))
-        return merge_parallel(per_rank)
 
     def _account(
         self, trainer: pl.Trainer, stage: str, reading: Reading, interrupted: str | None = None
     ) -> None:
-        j = reading.joules
-        self.total_j += j
-        self.total_node_j += reading.node_joules
-        intensity = self.carbon.current()  # in force as the window closes
-        co2e_g = self.carbon.co2e_g(j, intensity)
-        self.total_co2e_g += co2e_g
-        if stage == _TRAIN:
-            self._fit_train_j += j
-        elif stage == _VAL:
-            self._val_runs += 1
-            self._val_run_j += j
-        self.stage_j[stage] = self.stage_j.get(stage, 0.0) + j
-        dyn = reading.dynamic_joules
-        prev_dyn = self.stage_dynamic_j.get(stage, 0.0)
-        self.stage_dynamic_j[stage] = None if dyn is None or prev_dyn is None else prev_dyn + dyn
-        self.total_dynamic_j = (
-            None if dyn is None or self.total_dynamic_j is None else self.total_dynamic_j + dyn
-        )
-        self.stage_s[stage] = self.stage_s.get(stage, 0.0) + reading.seconds
-        self.windows += 1
-        for domain, source in reading.sources.items():
-            if domain != "unknown":
-                self.sources[domain] = source
-        if interrupted is not None:
-            self.interrupted_windows += 1
         if not reading.complete:
-            self.incomplete_windows += 1
-            if not self._warned_incomplete:
-                self._warned_incomplete = True
-                rank_zero_warn(
-                    f"lightning-green: the {stage} window at epoch {trainer.current_epoch} is incomplete "
-                    f"(a counter failed: {[d.key for d in reading.domains if not d.complete]}); its record "
-                    "says complete=false and training goes on. Further incomplete windows are not warned about."
-                )
-        if self._is_writer and self._writer is not None:
-            record = WindowRecord.from_reading(
-                reading,
-                run_id=self.run_id,
-                stage=stage,
-                epoch=trainer.current_epoch,
-                global_step=trainer.global_step,
-                world_size=self._world_size,
+            unread = [d.key for d in reading.domains if not d.complete or d.joules is None]
+            self._warn_once(
+                "incomplete",
+                f"lightning-green: the {stage} window at epoch {trainer.current_epoch} is incomplete "
+                f"({unread}: a counter failed, or a shared counter's part could not be told); its record "
+                "says complete=false and training goes on. Further incomplete windows are not warned about.",
             )
-            record.co2e_g = co2e_g
-            record.carbon = {k: getattr(intensity, k) for k in ("g_per_kwh", "place", "method", "at")}
-            if interrupted is not None:
-                record.complete = False
-                record.interrupted = interrupted
-            self._writer.write(record)
-            # energy.jsonl is the crash-safe record; the summary (derivable from it) is refreshed
-            # at most every SUMMARY_EVERY_S so that short epochs do not pay for a second fsync.
-            if time.monotonic() - self._summary_at >= SUMMARY_EVERY_S:
-                self._write_summary(finished=False)
+        self.ledger.record(
+            stage,
+            reading,
+            epoch=trainer.current_epoch,
+            global_step=trainer.global_step,
+            world_size=self._world_size,
+            interrupted=interrupted,
+        )
+        if self._is_writer and self.ledger.summary_due():
+            self._write_summary(finished=False)
+
+    def _write_summary(self, finished: bool) -> None:
+        if not (self._is_writer and self.output_dir is not None):
+            return
+        self.ledger.write_summary(self.summary(), finished=finished)
+        if self.ledger.summary_error is not None:
+            self._warn_once("summary", f"lightning-green: {self.ledger.summary_error}")
 
     def _log(self, trainer: pl.Trainer, metrics: dict[str, float], reading: Reading) -> None:
         if not self.log_metrics:
             return
         # The running total includes the training of the epoch so far (paused around validation),
         # so a tool reading it at validation end (Ray's callbacks, EarlyStopping) sees every joule.
-        pending = self._paused_train_j()
-        total = self.total_j + pending
+        paused = self._segments.get(_TRAIN, ())
+        pending = sum(r.joules for r in paused)
+        total = self.ledger.spent_j(pending)
         intensity = self.carbon.current()
         metrics = {
             **metrics,
             "energy/total_j": total,
             "energy/total_kwh": self.carbon.kwh(total),
-            "energy/co2e_g": self.total_co2e_g + self.carbon.co2e_g(pending, intensity),
+            "energy/co2e_g": self.ledger.co2e_g(pending, intensity),
             "carbon/intensity_g_per_kwh": intensity.g_per_kwh,
             "energy/complete": float(reading.complete),
         }
-        if self.baseline is not None and self.total_dynamic_j is not None:
-            metrics["energy/total_dynamic_j"] = self.total_dynamic_j + sum(
-                r.dynamic_joules or 0.0 for r in self._segments.get(_TRAIN, ())
-            )
+        dynamic = self.ledger.totals.dynamic_j
+        if self.baseline is not None and dynamic is not None:
+            metrics["energy/total_dynamic_j"] = dynamic + sum(r.dynamic_joules or 0.0 for r in paused)
         publish(trainer, metrics)
 
-    # ------------------------------------------------------------------ running figures
-    def _paused_train_j(self) -> float:
-        return sum(r.joules for r in self._segments.get(_TRAIN, ()))
-
-    def _open_j(self, stage: str) -> float:
-        """Energy of the open segment of window ``stage`` so far (0 when closed or unreadable)."""
-        if self.meter is None or not self.meter.is_open(stage):
-            return 0.0
-        try:
-            r = self.meter.peek(stage)
-        except Exception:
-            return 0.0
-        return r.joules if r is not None else 0.0
-
-    @property
-    def forecast_fit_j(self) -> float | None:
-        """The latest forecast of the fit's energy, in joules (``None`` before there is one)."""
-        return self.forecast.fit_j if self.forecast is not None else None
-
-    def spent_j(self) -> float:
-        """Energy of this run so far, open windows included, in joules (cheap: no device sync).
-
-        Rank-local under DDP until the window closes and the ranks' readings are merged.
-        """
-        pending = sum(r.joules for segs in self._segments.values() for r in segs)
-        return self.total_j + pending + sum(self._open_j(stage) for stage in list(self._segments))
-
-    def note_stop(self, reason: str) -> None:
-        """Record why a callback asked the fit to stop (written to the summary as ``stopped_by``)."""
-        self.stopped_by = reason
+    def _train_j_now(self) -> float:
+        if self._windows is None:
+            return self.ledger.fit_train_j
+        paused = sum(r.joules for r in self._windows.paused(_TRAIN))
+        return self.ledger.fit_train_j + paused + self._windows.open_j(_TRAIN)
 
     # ------------------------------------------------------------------ train
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        nb = trainer.num_training_batches
-        finite = isinstance(nb, int) or (isinstance(nb, float) and math.isfinite(nb))
-        self._batch_offset = trainer.current_epoch * int(nb) if finite else 0
-        w = self.forecast_warmup_steps
-        self._warm_at = min(w, max(1, int(nb) // 4)) if finite else w
-        if self._warm_at == 0:
-            self._forecaster.warm(self._batch_offset, 0.0)
+        self._schedule.start(trainer)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -587,63 +524,30 @@ class EnergyMonitor(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._batches += 1
-        if not self._forecaster.is_warm:
-            if self._batches >= (self._warm_at or 0):
-                self._forecaster.warm(self._batch_offset + self._batches, self._train_j_now())
-            return
-        n = self.forecast_every_n_steps
-        due = (
-            (self._batches - self._warm_at) % n == 0
-            if n is not None
-            else self._batches == 2 * self._warm_at  # one forecast inside the first epoch
-        )
-        if due:
+        if self._schedule.batch_done(self._train_j_now):
             self._update_forecast(trainer, mid_epoch=True)
 
-    def _train_j_now(self) -> float:
-        return self._fit_train_j + self._paused_train_j() + self._open_j(_TRAIN)
-
     def _update_forecast(self, trainer: pl.Trainer, mid_epoch: bool) -> None:
-        f = self._forecaster.predict(
-            spent_j=self.spent_j() if mid_epoch else self.total_j,
-            batches=self._batch_offset + self._batches,
-            train_j=self._train_j_now() if mid_epoch else self._fit_train_j,
-            total_batches=_total_batches(trainer),
-            val_j_per_run=self._val_run_j / self._val_runs if self._val_runs else None,
-            val_runs_left=self._val_runs_left(trainer),
-            val_batches_per_run=_val_batches(trainer),
+        led = self.ledger
+        f = self._schedule.predict(
+            trainer,
+            spent_j=self.spent_j() if mid_epoch else led.totals.j,
+            train_j=self._train_j_now() if mid_epoch else led.fit_train_j,
+            val_runs=led.val_runs,
+            val_run_j=led.val_run_j,
         )
         if f is None:
             return
         self.forecast = f
         if mid_epoch and self.log_metrics:
-            publish(
-                trainer,
-                {
-                    "energy/forecast_fit_j": f.fit_j,
-                    "energy/forecast_fit_low_j": f.low_j,
-                    "energy/forecast_fit_high_j": f.high_j,
-                },
-            )
-
-    def _val_runs_left(self, trainer: pl.Trainer) -> float:
-        nb = trainer.num_training_batches
-        total = _total_batches(trainer)
-        if not _val_batches(trainer) or not math.isfinite(total) or not nb or not math.isfinite(nb):
-            return 0.0
-        per_epoch = max(1, int(nb) // max(1, int(trainer.val_check_batch or nb))) / (
-            trainer.check_val_every_n_epoch or 1
-        )
-        done = self._val_runs + (self._batch_offset / nb) * per_epoch
-        return max(0.0, per_epoch * total / nb - done)
+            publish(trainer, _forecast_metrics(f))
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        reading = self._finish(trainer, _TRAIN, settle=_last_epoch(trainer))
+        reading = self._finish(trainer, _TRAIN, settle=last_epoch(trainer))
         if reading is None:
             return
-        self.epoch_j.append(reading.joules + self._epoch_val_j)
+        self.ledger.close_epoch(reading.joules, self._epoch_val_j)
         self._update_forecast(trainer, mid_epoch=False)
         metrics = {
             "energy/train_epoch_j": reading.joules,
@@ -653,16 +557,14 @@ class EnergyMonitor(Callback):
         if self.baseline is not None and reading.dynamic_joules is not None:
             metrics["energy/train_epoch_dynamic_j"] = reading.dynamic_joules
         if self.forecast is not None:
-            metrics["energy/forecast_fit_j"] = self.forecast.fit_j
-            metrics["energy/forecast_fit_low_j"] = self.forecast.low_j
-            metrics["energy/forecast_fit_high_j"] = self.forecast.high_j
+            metrics.update(_forecast_metrics(self.forecast))
         self._log(trainer, metrics, reading)
 
     # ------------------------------------------------------------------ validation
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.meter is not None and self.meter.is_open(_TRAIN):
-            self._pause(_TRAIN)
+        if self._windows is not None and self._windows.is_open(_TRAIN):
+            self._windows.pause(_TRAIN)
             self._paused_train = True
         self._begin(_SANITY if trainer.sanity_checking else _VAL)
 
@@ -700,101 +602,10 @@ class EnergyMonitor(Callback):
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish(trainer, _PRED, settle=True)
 
-    # ------------------------------------------------------------------ files and state
-    def summary(self) -> dict[str, Any]:
-        """The totals, as written to ``energy_summary.json``."""
-        meter = self.meter
-        writer = self._writer
-        records_lost = writer is not None and bool(writer.pending)
-        return {
-            "schema": 1,
-            "run_id": self.run_id,
-            "resumed_from": list(self.resumed_from),
-            "previous_run_id": self.previous_run_id,
-            "carried_over_j": self.carried_j,
-            "host": socket.gethostname(),
-            "world_size": self._world_size,
-            "meter": meter.describe() if meter is not None else None,
-            "assumptions": meter.assumptions if meter is not None else {},
-            "total_j": self.total_j,
-            "total_node_j": self.total_node_j,
-            "attribution": self.attribution,
-            "node_covers": "the devices' whole figures over this run's windows, before shared counters "
-            "were split among jobs (equal to total_j where nothing was split)",
-            "total_kwh": self.carbon.kwh(self.total_j),
-            "co2e_g": self.total_co2e_g,
-            "carbon_intensity_g_per_kwh": self._effective_intensity(),
-            "carbon": {**self.carbon.current().to_dict(), "covers": COVERS},
-            "pue": self.carbon.pue,
-            "stage_j": dict(self.stage_j),
-            "stage_s": dict(self.stage_s),
-            "idle_baseline": self.baseline.to_dict() if self.baseline is not None else None,
-            "total_dynamic_j": self.total_dynamic_j if self.baseline is not None else None,
-            "stage_dynamic_j": dict(self.stage_dynamic_j) if self.baseline is not None else {},
-            "dynamic_covers": (
-                "energy above the idle baseline (energy - idle watts x seconds, per device); "
-                "estimated:cpu-time figures are dynamic already and are not reduced"
-                if self.baseline is not None
-                else "no idle baseline (baseline_s=0 and no idle_w): dynamic energy not computed"
-            ),
-            "sources": dict(self.sources),
-            "windows": self.windows,
-            "incomplete_windows": self.incomplete_windows,
-            "interrupted_windows": self.interrupted_windows,
-            "records_unwritten": len(writer.pending) if writer is not None else 0,
-            "complete": self.incomplete_windows == 0 and self.interrupted_windows == 0 and not records_lost,
-            "epochs": len(self.epoch_j),
-            "forecast_fit_j": self.forecast_fit_j,
-            "forecast": asdict(self.forecast) if self.forecast is not None else None,
-            "ended_by": self.ended_by,
-            "stopped_by": self.stopped_by,
-            "total_covers": "sum of the measured windows (sanity check, train epochs, validation, test, predict)"
-            + (
-                f" of this run and of the run(s) it resumed from ({', '.join(self.resumed_from)})"
-                if self.resumed_from
-                else ""
-            ),
-        }
-
-    def _effective_intensity(self) -> float:
-        """The energy-weighted intensity of the run: ``co2e / (kWh x PUE)`` (the current one before any energy)."""
-        kwh = self.carbon.kwh(self.total_j) * self.carbon.pue
-        return self.total_co2e_g / kwh if kwh > 0 else self.carbon.intensity_g_per_kwh
-
-    def _write_summary(self, finished: bool) -> None:
-        if not (self._is_writer and self.output_dir is not None):
-            return
-        self._summary_at = time.monotonic()
-        try:
-            write_json_atomic(self.output_dir / SUMMARY_FILE, {**self.summary(), "finished": finished})
-        except (OSError, ValueError) as err:  # the last good summary stays; energy.jsonl has the records
-            if not self._warned_summary:
-                self._warned_summary = True
-                rank_zero_warn(
-                    f"lightning-green: cannot rewrite {SUMMARY_FILE} ({err}); the last good one stays"
-                )
-
+    # ------------------------------------------------------------------ checkpoints
     @override
     def state_dict(self) -> dict[str, Any]:
-        pending = 0.0
-        if _TRAIN in self._segments:
-            # A checkpoint saved after validation but before the train epoch closes (monitoring a
-            # val metric) must still carry that epoch's training energy.
-            pending = sum(r.joules for r in self._segments[_TRAIN])
-        return {
-            "run_id": self.run_id,
-            "resumed_from": list(self.resumed_from),
-            "total_j": self.total_j + pending,
-            "total_co2e_g": self.total_co2e_g + self.carbon.co2e_g(pending),
-            "stage_j": {**self.stage_j, _TRAIN: self.stage_j.get(_TRAIN, 0.0) + pending},
-            "stage_s": dict(self.stage_s),
-            "sources": dict(self.sources),
-            "windows": self.windows,
-            "incomplete_windows": self.incomplete_windows,
-            "epoch_j": list(self.epoch_j),
-            "total_dynamic_j": self.total_dynamic_j,
-            "total_node_j": self.total_node_j + sum(r.node_joules for r in self._segments.get(_TRAIN, ())),
-        }
+        return self.ledger.state_dict(pending=list(self._segments.get(_TRAIN, ())))
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -802,45 +613,12 @@ class EnergyMonitor(Callback):
             # trainer.test(ckpt_path=...) loads a checkpoint's weights; it does not resume the
             # run whose energy this monitor is counting, so its totals must not roll back.
             return
-        old = state_dict.get("run_id")
-        lineage = [*state_dict.get("resumed_from", []), *([old] if old else [])]
-        self.resumed_from = [r for r in lineage if r != self.run_id]
-        self.carried_j = float(state_dict["total_j"])
-        self.total_j = float(state_dict["total_j"])
-        # Checkpoints from before per-window carbon carry no CO2e: their energy at today's intensity.
-        self.total_co2e_g = float(state_dict.get("total_co2e_g", self.carbon.co2e_g(self.total_j)))
-        self.stage_j = dict(state_dict["stage_j"])
-        self.stage_s = dict(state_dict["stage_s"])
-        self.sources = dict(state_dict["sources"])
-        self.windows = int(state_dict["windows"])
-        self.incomplete_windows = int(state_dict["incomplete_windows"])
-        self.epoch_j = list(state_dict["epoch_j"])
-        carried_dynamic = state_dict.get("total_dynamic_j")
-        self.total_dynamic_j = float(carried_dynamic) if carried_dynamic is not None else None
-        self.total_node_j = float(state_dict.get("total_node_j", self.total_j))
+        self.ledger.load_state_dict(state_dict)
 
 
-def _total_batches(trainer: pl.Trainer) -> float:
-    """Training batches the whole fit runs (``inf`` when it has no known end)."""
-    nb = trainer.num_training_batches
-    out: list[float] = []
-    if trainer.max_epochs is not None and trainer.max_epochs >= 0 and nb and math.isfinite(nb):
-        out.append(trainer.max_epochs * nb)
-    if trainer.max_steps is not None and trainer.max_steps > 0:
-        out.append(trainer.max_steps * trainer.accumulate_grad_batches)
-    return min(out) if out else math.inf
-
-
-def _val_batches(trainer: pl.Trainer) -> float:
-    n = sum(b for b in trainer.num_val_batches if math.isfinite(b)) if trainer.num_val_batches else 0
-    return float(n) if trainer.enable_validation else 0.0
-
-
-def _last_epoch(trainer: pl.Trainer) -> bool:
-    ends = (
-        trainer.max_epochs is not None
-        and trainer.max_epochs >= 0
-        and trainer.current_epoch + 1 >= trainer.max_epochs
-    )
-    steps = trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step
-    return bool(ends or steps or trainer.should_stop)
+def _forecast_metrics(f: Forecast) -> dict[str, float]:
+    return {
+        "energy/forecast_fit_j": f.fit_j,
+        "energy/forecast_fit_low_j": f.low_j,
+        "energy/forecast_fit_high_j": f.high_j,
+    }

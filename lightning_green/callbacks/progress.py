@@ -37,12 +37,12 @@ class EnergyProgressBar(TQDMProgressBar):
     @override
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
-        monitor = next((c for c in trainer.callbacks if isinstance(c, EnergyMonitor)), None)
-        if monitor is None or monitor.meter is None:
-            return items
         try:
+            monitor = EnergyMonitor.of(trainer)
+            if monitor.meter is None:
+                return items
             joules = monitor.spent_j()
-        except Exception:  # a failing counter never breaks the bar
+        except Exception:  # no monitor, or a failing counter: Lightning's bar as it is
             return items
         items["energy"] = f"{joules:.3g} J"
         if self._t0 is not None and time.monotonic() > self._t0:
