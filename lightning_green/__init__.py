@@ -6,6 +6,9 @@ Example::
     from lightning_green import EnergyMonitor
 
     trainer = Trainer(callbacks=[EnergyMonitor()])
+
+Outside Lightning, ``with lightning_green.measure() as m:`` (or ``@lightning_green.measure()``)
+gives the same labelled reading.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ if TYPE_CHECKING:
         LayerEnergyProfiler,
         StopAtTarget,
     )
+    from lightning_green.energy.measure import measure
 
 __version__ = "0.1.0"
 __all__ = [
@@ -30,12 +34,18 @@ __all__ = [
     "LayerEnergyProfiler",
     "StopAtTarget",
     "__version__",
+    "measure",
 ]
 
-_CALLBACKS = frozenset(__all__) - {"__version__"}
+_CALLBACKS = frozenset(__all__) - {"__version__", "measure"}
 
 
 def __getattr__(name: str) -> Any:
+    if name == "measure":  # no Lightning needed: a plain PyTorch loop measures with it
+        from lightning_green.energy.measure import measure
+
+        globals()[name] = measure
+        return measure
     # The callbacks import Lightning (seconds); importing them on first use keeps `lightning-green
     # --help`, `carbon` and every other `import lightning_green.<module>` that needs no Lightning fast.
     if name in _CALLBACKS:
@@ -46,4 +56,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_CALLBACKS})
+    return sorted({*globals(), *_CALLBACKS, "measure"})

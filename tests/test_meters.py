@@ -247,3 +247,19 @@ def test_merging_segments_and_ranks():
     assert seg.seconds == 2.0 and seg.joules == 5.0 and not seg.complete
     par = merge_parallel([a, a])
     assert par.seconds == 1.0 and par.joules == 4.0
+
+
+def test_measure_outside_lightning_keeps_the_energy_of_a_block_that_raised(rapl_tree: Path):
+    import lightning_green
+
+    with pytest.raises(ZeroDivisionError), lightning_green.measure(backend="estimate") as m:
+        _burn(0.05)
+        1 / 0  # noqa: B018
+    assert m.reading is not None and m.reading.joules > 0  # the energy was spent: it is kept
+    assert m.reading.sources == {"cpu": "estimated:cpu-time"}
+
+    @lightning_green.measure(backend="rapl", rapl_root=rapl_tree, attribution="device")
+    def step() -> int:
+        return 7
+
+    assert step() == 7 and step.last_reading.sources == {"cpu": "measured:rapl", "dram": "measured:rapl"}

@@ -22,6 +22,7 @@ from lightning_green.energy.grid import (
     UKCarbonIntensity,
     lookup,
 )
+from lightning_green.energy.measure import measure
 from lightning_green.energy.nvml import NvmlMeter
 from lightning_green.energy.rapl import RaplMeter
 from lightning_green.energy.reading import DomainEnergy, Reading, merge_parallel, merge_readings
@@ -49,6 +50,7 @@ __all__ = [
     "check_backend",
     "lookup",
     "make_meter",
+    "measure",
     "merge_parallel",
     "merge_readings",
 ]
