@@ -3,9 +3,13 @@ and ``profile`` commands and by the tuner's trials (which import this, not a com
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 import socket
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +113,7 @@ def run_training(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = No
     """Train (and test) one configuration; writes ``run.json`` beside the energy records."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run = build_run(cfg, extra_callbacks)
+    warmup_s = warm_process(run)
     load0 = _load_average()
     t0 = time.monotonic()
     run.trainer.fit(run.module, datamodule=run.datamodule)
@@ -146,7 +151,7 @@ def run_training(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = No
         resumed_from=end.resumed_from,
         dynamic_j=_fit_dynamic_j(fit),
     )
-    record.machine = machine_state(load0)
+    record.machine = {**machine_state(load0), "process_warmup_s": warmup_s}
     busy = record.machine["other_load"]
     if busy is not None and busy > 0.5:
         rank_zero_warn(
@@ -158,6 +163,59 @@ def run_training(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = No
     if run.trainer.is_global_zero:
         write_run(cfg.output_dir, record)
     return record
+
+
+#: Whether this process has run a training step yet (the first pays for first kernels, lazy
+#: initialisation and allocator growth; in a Hydra multirun the jobs share the process).
+_PROCESS_WARM = False
+
+
+def warm_process(run: Run, steps: int = 2) -> float:
+    """Before the process's first run, a tiny untimed fit of a copy of the model (a sanity check,
+    ``steps`` training batches, one validation batch) with no callbacks, outside every window: first
+    kernels, lazy initialisation and allocator growth belong to the process, and the first job of a
+    multirun is then measured like the others. Returns the seconds spent (0 after the first run, and
+    under DDP, where each rank is a process of its own)."""
+    global _PROCESS_WARM
+    if _PROCESS_WARM or run.trainer.world_size > 1:
+        return 0.0
+    _PROCESS_WARM = True
+    t0 = time.monotonic()
+    device = run.trainer.strategy.root_device
+    warm = pl.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=[device.index or 0] if device.type == "cuda" else 1,
+        max_steps=steps,
+        limit_train_batches=steps,
+        limit_val_batches=1,
+        num_sanity_val_steps=1,
+        logger=False,
+        callbacks=[],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with _quiet_lightning():
+        warm.fit(copy.deepcopy(run.module), datamodule=copy.deepcopy(run.datamodule))
+    return time.monotonic() - t0
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Lightning's set-up lines for a warm-up nobody asked to see."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _fit_dynamic_j(fit: EnergySummary) -> float | None:

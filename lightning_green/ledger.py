@@ -29,7 +29,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from lightning_green.energy.carbon import COVERS, CarbonModel, Intensity
 from lightning_green.energy.reading import Reading
@@ -38,6 +38,21 @@ from lightning_green.records import SUMMARY_FILE, EnergySummary, RecordWriter, W
 #: The least time between two rewrites of the summary while a run goes on, in seconds.
 SUMMARY_EVERY_S = 30.0
 TRAIN, VAL, TEST, PREDICT, SANITY = "train", "validate", "test", "predict", "sanity_check"
+
+
+class Exporter(Protocol):
+    """Sends a run's figures somewhere else as they happen (a metrics endpoint, a push gateway).
+
+    ``EnergyMonitor(exporters=[...])`` calls, on global rank zero: :meth:`export_window` after each
+    window is recorded (with the ledger, for the running totals), :meth:`export_summary` when the
+    run ends (``finished=False`` after a crash), and :meth:`close` when the monitor releases its meter.
+    """
+
+    def export_window(self, record: WindowRecord, ledger: EnergyLedger) -> None: ...
+
+    def export_summary(self, summary: EnergySummary, finished: bool) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass

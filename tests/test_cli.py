@@ -74,6 +74,9 @@ def test_multirun_then_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]
             cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()) == ["0", "1", "2", "3"]
+    # The jobs share one process: its warm-up runs once, before job 0's windows, not inside them.
+    warmups = [read_run(sweep / str(j)).machine["process_warmup_s"] for j in range(4)]
+    assert warmups[0] > 0 and warmups[1:] == [0.0, 0.0, 0.0]
     r = cli("report", str(sweep), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     with open(sweep / "summary.csv") as f:

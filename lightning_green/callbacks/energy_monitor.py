@@ -7,6 +7,7 @@ windows add up to.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from lightning_green.ledger import SANITY as _SANITY
 from lightning_green.ledger import TEST as _TEST
 from lightning_green.ledger import TRAIN as _TRAIN
 from lightning_green.ledger import VAL as _VAL
-from lightning_green.ledger import EnergyLedger
+from lightning_green.ledger import EnergyLedger, Exporter
 from lightning_green.records import RECORDS_FILE, SUMMARY_FILE, EnergySummary, RecordWriter
 
 
@@ -132,6 +133,9 @@ class EnergyMonitor(Callback):
             records), ``"job"`` (the job's share, an error where it cannot be told), ``"device"``
             (the whole device: for a machine this job owns whole). See
             :mod:`lightning_green.energy.attribution`.
+        exporters: Where each closed window and the final summary also go, on global rank zero
+            (see :class:`lightning_green.ledger.Exporter`); a failing one warns once and training
+            goes on.
         carbon_intensity_g_per_kwh: Deprecated name of ``carbon_intensity`` (a number).
 
     Raises:
@@ -174,6 +178,7 @@ class EnergyMonitor(Callback):
         carbon_live_url: str | None = None,
         carbon_intensity_g_per_kwh: float | None = None,
         attribution: str = "auto",
+        exporters: list[Exporter] | None = None,
     ) -> None:
         check_backend(backend)
         self.attribution = check_attribution(attribution)
@@ -204,6 +209,8 @@ class EnergyMonitor(Callback):
         self.log_metrics = log
         #: The run's totals, records and checkpoint state (see :mod:`lightning_green.ledger`).
         self.ledger = EnergyLedger(self.carbon)
+        #: Where each closed window and the final summary also go (Prometheus, OpenTelemetry, ...).
+        self.exporters: list[Exporter] = list(exporters or [])
         self.forecast: Forecast | None = None
         self.meter: Meter | None = None
         self._windows: Windows | None = None
@@ -408,6 +415,8 @@ class EnergyMonitor(Callback):
 
     def _release(self) -> None:
         self.carbon.close()
+        if self._is_writer:
+            self._export(lambda e: e.close())
         if self.ledger.writer is not None:
             self.ledger.writer.close()
         meter, self.meter, self._windows = self.meter, None, None
@@ -464,7 +473,7 @@ class EnergyMonitor(Callback):
                 f"({unread}: a counter failed, or a shared counter's part could not be told); its record "
                 "says complete=false and training goes on. Further incomplete windows are not warned about.",
             )
-        self.ledger.record(
+        record = self.ledger.record(
             stage,
             reading,
             epoch=trainer.current_epoch,
@@ -472,13 +481,30 @@ class EnergyMonitor(Callback):
             world_size=self._world_size,
             interrupted=interrupted,
         )
+        if self._is_writer:
+            self._export(lambda e: e.export_window(record, self.ledger))
         if self._is_writer and self.ledger.summary_due():
             self._write_summary(finished=False)
+
+    def _export(self, send: Callable[[Exporter], None]) -> None:
+        """Hand a figure to every exporter; a failing one is warned about once and never ends training."""
+        for exporter in self.exporters:
+            try:
+                send(exporter)
+            except Exception as err:
+                self._warn_once(
+                    f"export:{id(exporter)}",
+                    f"lightning-green: exporter {type(exporter).__name__} failed ({err!r}); training and the "
+                    "records go on. Further failures of it are not warned about.",
+                )
 
     def _write_summary(self, finished: bool) -> None:
         if not (self._is_writer and self.output_dir is not None):
             return
-        self.ledger.write_summary(self.summary(), finished=finished)
+        summary = self.summary()
+        if finished or self.ledger.ended_by is not None:
+            self._export(lambda e: e.export_summary(summary, finished))
+        self.ledger.write_summary(summary, finished=finished)
         if self.ledger.summary_error is not None:
             self._warn_once("summary", f"lightning-green: {self.ledger.summary_error}")
 
