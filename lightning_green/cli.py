@@ -6,6 +6,7 @@ pandas): a command's module is imported only when the command runs, so ``--help`
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -418,6 +419,10 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"lightning-green: {problem}", file=sys.stderr)
         return 2
+    # Idle OpenMP threads sleep instead of spinning: a spinning thread's CPU time is counted by the
+    # CPU-time estimate although it computes nothing, and on a machine with other load it spins
+    # longest (set before torch loads its OpenMP runtime; a user's own setting is kept).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # Hydra reads sys.argv itself.
     sys.argv = [f"lightning-green {command}", *rest]
     if command in RELAUNCHABLE:

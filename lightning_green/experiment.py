@@ -115,6 +115,7 @@ def run_training(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = No
     run = build_run(cfg, extra_callbacks)
     warmup_s = warm_process(run)
     load0 = _load_average()
+    cpu0 = _cpu_clocks()
     t0 = time.monotonic()
     run.trainer.fit(run.module, datamodule=run.datamodule)
     val_acc = _metric(run.trainer, "val_acc")
@@ -151,14 +152,14 @@ def run_training(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = No
         resumed_from=end.resumed_from,
         dynamic_j=_fit_dynamic_j(fit),
     )
-    record.machine = {**machine_state(load0), "process_warmup_s": warmup_s}
-    busy = record.machine["other_load"]
-    if busy is not None and busy > 0.5:
+    record.machine = {**machine_state(load0), **other_cpu(cpu0), "process_warmup_s": warmup_s}
+    other = record.machine["other_cpu_cores"]
+    if other is not None and other > OTHER_CPU_WARN_CORES:
         rank_zero_warn(
-            f"lightning-green: other processes loaded this machine during the run (load average "
-            f"{record.machine['load_avg_end']:.2f} with {record.machine['threads']} thread(s) of ours): CPU "
-            "figures, above all the CPU-time estimate, vary with that load; compare runs made on a quiet "
-            "machine with the same `threads`"
+            f"lightning-green: other processes kept {other:.2f} CPU core(s) busy on average during this run "
+            f"(of {record.machine['cpus']}; ours used {record.machine['own_cpu_cores']:.2f}): CPU figures, "
+            "above all the CPU-time estimate, move with that load (threads wait and are descheduled); "
+            "compare runs made on a quiet machine with the same `threads`"
         )
     if run.trainer.is_global_zero:
         write_run(cfg.output_dir, record)
@@ -224,6 +225,33 @@ def _fit_dynamic_j(fit: EnergySummary) -> float | None:
     if fit.idle_baseline is None or any(d is None for d in stages):
         return None
     return float(sum(d or 0.0 for d in stages))
+
+
+#: Average CPU cores kept busy by other processes above which a run is said to be loaded: a
+#: quarter of a core already moved the default run's CPU-time estimate by tens of percent.
+OTHER_CPU_WARN_CORES = 0.25
+
+
+def _cpu_clocks() -> tuple[float, float, float] | None:
+    """(wall, node busy CPU seconds, this process tree's CPU seconds), or ``None`` off Linux."""
+    from lightning_green.energy.attribution import node_busy_seconds
+    from lightning_green.energy.estimate import _process_cpu_seconds
+
+    try:
+        return time.monotonic(), node_busy_seconds(), _process_cpu_seconds(True)
+    except OSError:
+        return None
+
+
+def other_cpu(start: tuple[float, float, float] | None) -> dict[str, float | None]:
+    """CPU cores kept busy on average since ``start`` by this run (``own_cpu_cores``) and by every
+    other process on the machine (``other_cpu_cores``: the node's busy time from /proc/stat minus ours)."""
+    end = _cpu_clocks()
+    if start is None or end is None or end[0] <= start[0]:
+        return {"own_cpu_cores": None, "other_cpu_cores": None}
+    wall = end[0] - start[0]
+    own = (end[2] - start[2]) / wall
+    return {"own_cpu_cores": own, "other_cpu_cores": max(0.0, (end[1] - start[1]) / wall - own)}
 
 
 def _load_average() -> float | None:

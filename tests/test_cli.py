@@ -286,3 +286,20 @@ def test_train_logs_energy_to_mlflow_and_wandb_beside_csv(tmp_path: Path):
     assert logged[-1]["carbon/intensity_g_per_kwh"] == 150.0
     assert any("energy/train_epoch_j" in row for row in logged)
     assert not (tmp_path / "wandb").exists()
+
+
+def test_a_run_on_a_loaded_machine_says_so_and_the_report_shows_it(tmp_path: Path):
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        r = cli("train", "threads=1", "trainer.max_epochs=2", "energy.rapl_root=/nonexistent-powercap",
+                f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)  # fmt: skip
+    finally:
+        hog.kill()
+        hog.wait()
+    assert r.returncode == 0, r.stderr[-3000:]
+    machine = read_run(tmp_path / "run").machine
+    assert machine["other_cpu_cores"] > 0.5  # the busy loop kept a core busy
+    assert "other processes kept" in r.stderr
+    r = cli("report", str(tmp_path / "run"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "measured while other processes kept more than" in (tmp_path / "run" / "summary.md").read_text()

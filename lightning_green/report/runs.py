@@ -26,8 +26,11 @@ COLUMNS = [
     "epochs",
     "source",
     "complete",
+    "other_cpu_cores",
     "status",
 ]
+#: Average CPU cores other processes kept busy above which a run's CPU figures are called loaded.
+LOADED_CORES = 0.25
 #: ``status`` of a run with ``energy.jsonl`` but no ``run.json``: it crashed or was interrupted.
 PARTIAL = "partial: no run.json (crashed or interrupted); energy from its records"
 
@@ -80,6 +83,7 @@ def load_runs(root: str | Path) -> pd.DataFrame:
             epochs=rec.epochs,
             source=", ".join(f"{d}={s}" for d, s in sorted(rec.sources.items())),
             complete=rec.complete and all(w.complete for w in windows),
+            other_cpu_cores=rec.machine.get("other_cpu_cores"),
         )
         rows.append(row)
     finished = {p.parent for p in root.rglob(RUN_FILE)}
@@ -145,7 +149,7 @@ def _partial_rows(root: Path, path: Path) -> list[dict[str, object]]:
             "seconds": sum(w.seconds for w in mine), "train_seconds": sum(w.seconds for w in mine if w.stage == "train"),
             "params": None, "flops_per_sample": None, "epochs": len([w for w in mine if w.stage == "train"]),
             "source": ", ".join(f"{d}={s}" for d, s in sorted({k: v for w in mine for k, v in w.sources.items()}.items())),
-            "complete": False,
+            "complete": False, "other_cpu_cores": None,
         })  # fmt: skip
     return rows
 
@@ -218,6 +222,16 @@ def write_tables(df: pd.DataFrame, out: Path, effects: pd.DataFrame | None) -> l
         "`dynamic_j` is the training energy above the devices' idle baseline (what model choices change; "
         "NaN without a baseline); an `estimated:cpu-time` figure is dynamic already."
     )
+    loaded = (
+        df[df["other_cpu_cores"].astype(float) > LOADED_CORES] if "other_cpu_cores" in df else df.iloc[:0]
+    )
+    if not loaded.empty:
+        text.append(
+            f"**{len(loaded)} of {len(df)} runs were measured while other processes kept more than "
+            f"{LOADED_CORES} CPU core busy** (`other_cpu_cores`, up to {loaded['other_cpu_cores'].max():.2f}): "
+            "their CPU figures, above all the CPU-time estimate, moved with that load; rerun them on a quiet machine "
+            "before comparing."
+        )
     factors = swept_factors(df)
     if (df["status"] != "finished").any():
         text.append(
