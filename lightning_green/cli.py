@@ -388,6 +388,27 @@ def _asks_for_help(args: list[str]) -> bool:
     return any(a in ("-h", "--help") for a in before)
 
 
+#: Lightning's set-up lines that say nothing about the user's run (our own warnings stay).
+_HARMLESS = ("💡 Tip:", "exists and is not empty")
+
+
+def _quiet_lightning_setup() -> None:
+    """Leave out Lightning's advertising tips and its warning that a fresh run folder (which Hydra
+    has just made, with its .hydra files) "exists and is not empty"."""
+    import logging
+    import warnings
+
+    class Harmless(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not any(h in record.getMessage() for h in _HARMLESS)
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(Harmless())
+    warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
+    # Lightning's own use of a torch API torch deprecated: nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -423,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     # CPU-time estimate although it computes nothing, and on a machine with other load it spins
     # longest (set before torch loads its OpenMP runtime; a user's own setting is kept).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _quiet_lightning_setup()
     # Hydra reads sys.argv itself.
     sys.argv = [f"lightning-green {command}", *rest]
     if command in RELAUNCHABLE:

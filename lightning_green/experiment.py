@@ -183,20 +183,20 @@ def warm_process(run: Run, steps: int = 2) -> float:
     _PROCESS_WARM = True
     t0 = time.monotonic()
     device = run.trainer.strategy.root_device
-    warm = pl.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=[device.index or 0] if device.type == "cuda" else 1,
-        max_steps=steps,
-        limit_train_batches=steps,
-        limit_val_batches=1,
-        num_sanity_val_steps=1,
-        logger=False,
-        callbacks=[],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
     with _quiet_lightning():
+        warm = pl.Trainer(
+            accelerator="gpu" if device.type == "cuda" else "cpu",
+            devices=[device.index or 0] if device.type == "cuda" else 1,
+            max_steps=steps,
+            limit_train_batches=steps,
+            limit_val_batches=1,
+            num_sanity_val_steps=1,
+            logger=False,
+            callbacks=[],
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
         warm.fit(copy.deepcopy(run.module), datamodule=copy.deepcopy(run.datamodule))
     return time.monotonic() - t0
 
@@ -206,7 +206,8 @@ def _quiet_lightning() -> Iterator[None]:
     """Lightning's set-up lines for a warm-up nobody asked to see."""
     import logging
 
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    names = ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero")
+    loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.WARNING)

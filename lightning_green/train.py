@@ -46,8 +46,8 @@ def print_summary(record: RunRecord, output_dir: str) -> None:
     table.add_row("time", f"{record.seconds:.1f} s ({record.epochs} epochs)")
     table.add_row("params / FLOPs per sample", f"{record.params:,} / {record.flops_per_sample:,}")
     table.add_row("records", output_dir)
-    # Piped output has no terminal width: rich would assume 80 columns and cut the records path.
-    Console(width=shutil.get_terminal_size((200, 24)).columns).print(table)
+    # At most 100 columns, wrapped within its cells; piped output (no terminal) gets the 100 too.
+    Console(width=min(100, shutil.get_terminal_size((100, 24)).columns)).print(table)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
