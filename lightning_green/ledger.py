@@ -134,6 +134,8 @@ class EnergyLedger:
         self.carried_j = 0.0
         self.stopped_by: str | None = None
         self.ended_by: str | None = None
+        #: The latest forecast of the fit's energy, in joules (set by whoever forecasts: the monitor).
+        self.forecast_fit_j: float | None = None
         # Forecast inputs: training energy of this fit's closed train windows, validation runs.
         self.fit_train_j = 0.0
         self.val_runs = 0

@@ -565,6 +565,7 @@ class EnergyMonitor(Callback):
         if f is None:
             return
         self.forecast = f
+        self.ledger.forecast_fit_j = f.fit_j
         if mid_epoch and self.log_metrics:
             publish(trainer, _forecast_metrics(f))
 
