@@ -4,7 +4,7 @@ against Lightning's EarlyStopping on the same metric.
 Digits, the study's CNN (2 conv layers), ``--epochs`` epochs at most, ``--seeds`` seeds; energy is
 the fit's (estimated:cpu-time here, threads pinned to 1), accuracy the test accuracy of the last
 weights; several thresholds of EnergyEfficientStopping show the trade-off a user picks from.
-Usage: python benchmarks/energy_stopping.py [--epochs 40] [--seeds 5] [--min-gain-per-kj 5 10 20]
+Usage: python benchmarks/energy_stopping.py [--epochs 40] [--seeds 5] [--min-gain-per-kj 5 10 20] [--out DIR]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import warnings
 
 import lightning.pytorch as pl
 import torch
-from common import machine, save
+from common import add_out_argument, machine, save
 from lightning.pytorch.callbacks import EarlyStopping
 
 from lightning_green import EnergyEfficientStopping, EnergyMonitor
@@ -56,6 +56,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--min-gain-per-kj", type=float, nargs="+", default=[5.0, 10.0, 20.0])
     p.add_argument("--patience", type=int, default=3)
+    add_out_argument(p)
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -94,7 +95,7 @@ def main() -> None:
         f"command: python benchmarks/energy_stopping.py --epochs {args.epochs} --seeds {args.seeds} "
         f"--min-gain-per-kj {' '.join(f'{g:g}' for g in args.min_gain_per_kj)} --patience {args.patience}",
     ]
-    save("energy_stopping", "\n".join(lines) + "\n", {"args": vars(args), "results": results})
+    save("energy_stopping", "\n".join(lines) + "\n", {"args": vars(args), "results": results}, args.out)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Run-to-run spread of the CPU-time estimate: the same `lightning-green train` several times,
 threads pinned to 1 and at PyTorch's default, interleaved (same seed, same data, same accuracy).
 
-Usage: python benchmarks/estimate_spread.py [--repeats 5] [--epochs 5]
+Usage: python benchmarks/estimate_spread.py [--repeats 5] [--epochs 5] [--out DIR]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import machine, save
+from common import add_out_argument, machine, save
 
 CLI = str(Path(sys.executable).parent / "lightning-green")
 
@@ -32,6 +32,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--epochs", type=int, default=5)
+    add_out_argument(p)
     args = p.parse_args()
     settings = ["1", "null"]
     results: dict[str, list[dict]] = {s: [] for s in settings}
@@ -55,7 +56,7 @@ def main() -> None:
     lines.append(
         f"command: python benchmarks/estimate_spread.py --repeats {args.repeats} --epochs {args.epochs}"
     )
-    save("estimate_spread", "\n".join(lines) + "\n", {"args": vars(args), "results": results})
+    save("estimate_spread", "\n".join(lines) + "\n", {"args": vars(args), "results": results}, args.out)
 
 
 if __name__ == "__main__":

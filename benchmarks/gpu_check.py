@@ -7,7 +7,7 @@
    Zeus window around the same steps (target: within 2%), and each method per layer type.
    Whether per-module figures are right is benchmarks/layer_ablation.py's job (--device cuda).
 
-Usage: python benchmarks/gpu_check.py OUT_DIR
+Usage: python benchmarks/gpu_check.py [OUT_DIR]   (default: a fresh temporary folder)
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -161,7 +162,7 @@ def profiler_check(out: Path) -> dict:
 
 
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "gpu_check_out")
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="gpu_check_"))
     out.mkdir(parents=True, exist_ok=True)
     import zeus
 
@@ -200,6 +201,7 @@ def main() -> None:
     (out / "gpu_check.json").write_text(
         json.dumps({"info": info, "monitor": monitor_rows, "profiler": prof}, indent=2, default=str)
     )
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":

@@ -2,11 +2,13 @@
 design (conv layers {1, 4} x linear layers {3, 7} x ReLU {on, off}) on the embedded digits data
 with `lightning-green profile`, and tabulate each layer type's share of the step energy.
 
-Usage: python benchmarks/layer_types_rq2.py
+Usage: python benchmarks/layer_types_rq2.py [--out DIR]
+Writes layer_types_rq2.md / .csv / _c4_l7_relu.png into ``--out`` (default: a fresh temporary folder).
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import shutil
 import subprocess
@@ -15,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-from common import RESULTS, machine
+from common import add_out_argument, machine, out_dir
 
 from lightning_green.report.runs import markdown_table
 
@@ -29,6 +31,9 @@ ARGS = [
 
 
 def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_out_argument(p)
+    out = out_dir(p.parse_args().out, "layer_types_rq2")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for conv, linear, act in itertools.product((1, 4), (3, 7), ("relu", "none")):
@@ -57,9 +62,9 @@ def main() -> None:
             row["source"] = pd.read_csv(run / "layers.csv")["source"].iloc[0]
             rows.append(row)
             if (conv, linear, act) == (4, 7, "relu"):
-                shutil.copy(run / "layer_energy.png", RESULTS / "layer_types_rq2_c4_l7_relu.png")
+                shutil.copy(run / "layer_energy.png", out / "layer_types_rq2_c4_l7_relu.png")
     df = pd.DataFrame(rows)
-    df.to_csv(RESULTS / "layer_types_rq2.csv", index=False)
+    df.to_csv(out / "layer_types_rq2.csv", index=False)
     of_layers = [c for c in df.columns if c.endswith("_of_layers")]
     means = df[of_layers].mean()
     text = [
@@ -76,8 +81,9 @@ def main() -> None:
         f"Conv share of layer energy: 1 conv layer {df[df.conv_layers == 1]['Conv_of_layers'].mean():.1%}, "
         f"4 conv layers {df[df.conv_layers == 4]['Conv_of_layers'].mean():.1%}.",
     ]
-    (RESULTS / "layer_types_rq2.md").write_text("\n".join(text) + "\n")
+    (out / "layer_types_rq2.md").write_text("\n".join(text) + "\n")
     print("\n".join(text))
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ Part 2, the default meter on this machine (the CPU-time estimate): same model, d
 runs interleaved (with/without alternate first) so drift hits both. Two workloads: digits (tiny
 ~60 ms epochs, the worst case for a per-epoch cost) and 32x32 synthetic images (epochs of about a
 second).
-Usage: python benchmarks/monitor_overhead.py [--repeats 7] [--epochs 30 4]
+Usage: python benchmarks/monitor_overhead.py [--repeats 7] [--epochs 30 4] [--out DIR]
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import warnings
 
 import lightning.pytorch as pl
 import torch
-from common import interleaved, machine, median, save, timed_callback
+from common import SlowCpuCounter, add_out_argument, interleaved, machine, median, save, timed_callback
 
 from lightning_green import EnergyMonitor
 from lightning_green.data import DigitsDataModule, SyntheticDataModule
-from lightning_green.energy.base import Channel, CounterMeter
+from lightning_green.energy.base import CounterMeter
 from lightning_green.models import LitClassifier, SimpleCNN
 
 WORKLOADS = {
@@ -76,26 +76,6 @@ def fit_seconds(workload: str, epochs: int, monitor: bool, workdir: str) -> floa
     if monitor:
         HOOK_SHARES.setdefault(workload, []).append(callbacks[0].hook_seconds / seconds)
     return seconds
-
-
-class SlowCpuCounter(CounterMeter):
-    """This process's CPU time x 12 W, behind a read that takes 4 ms (value from its middle)."""
-
-    name = "slow"
-
-    def __init__(self, sampled: bool) -> None:
-        super().__init__(sample_interval_s=0.05 if sampled else None)
-        self.start_sampling()
-
-    @property
-    def channels(self):
-        return (Channel("gpu", "0", "measured:slow-cpu-time-counter"),)
-
-    def read_counters(self):
-        time.sleep(0.002)
-        value = 12.0 * time.process_time()
-        time.sleep(0.002)
-        return {"gpu:0": value}
 
 
 class BothWays(pl.Callback):
@@ -185,6 +165,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--epochs", type=int, nargs=2, default=[30, 4], help="epochs for digits, synthetic32")
+    add_out_argument(p)
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -227,7 +208,7 @@ def main() -> None:
     lines.append(
         f"\ncommand: python benchmarks/monitor_overhead.py --repeats {args.repeats} --epochs {args.epochs[0]} {args.epochs[1]}"
     )
-    save("monitor_overhead", "\n".join(lines) + "\n", data)
+    save("monitor_overhead", "\n".join(lines) + "\n", data, args.out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The study's RQ2 design as a Hydra multirun on the embedded digits data, then the report.
-# Usage: bash benchmarks/paper_rq2.sh [name]   (writes benchmarks/results/<name, default paper_rq2>/)
+# Usage: [OUT=<folder>] bash benchmarks/paper_rq2.sh
+#   (default: a fresh temporary folder; the committed runs: OUT=benchmarks/results/paper_rq2, and
+#   OUT=benchmarks/results/paper_rq2_repeat right after it)
 # Three seeds per cell (SEEDS): the estimate moves about 9% run to run, and one run per cell
 # lets that noise move eta^2; the seed is then a factor of its own, whose eta^2 shows the noise.
 # Threads are pinned (THREADS, default 1): the CPU-time estimate follows them, and the study's
@@ -10,12 +12,12 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 THREADS=${THREADS:-1}
 SEEDS=${SEEDS:-0,1,2}
-name=${1:-paper_rq2}
+out=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/paper_rq2.XXXXXX")}
 sweep=$(mktemp -d)/paper_rq2
 "$BIN/lightning-green" train +experiment=paper_rq2 trainer.max_epochs=10 threads="$THREADS" seed="$SEEDS" hydra.sweep.dir="$sweep"
 "$BIN/lightning-green" report "$sweep" > /dev/null
-out=benchmarks/results/$name
 mkdir -p "$out"
 cp "$sweep"/summary.md "$sweep"/summary.csv "$sweep"/main_effects.csv "$sweep"/*.png "$out"/
-echo "lightning-green train +experiment=paper_rq2 trainer.max_epochs=10 threads=$THREADS seed=$SEEDS && lightning-green report <sweep dir>   (THREADS=$THREADS bash benchmarks/paper_rq2.sh $name; load average before: $(cut -d' ' -f1-3 /proc/loadavg))" > "$out/command.txt"
+echo "lightning-green train +experiment=paper_rq2 trainer.max_epochs=10 threads=$THREADS seed=$SEEDS && lightning-green report <sweep dir>   (THREADS=$THREADS OUT=$out bash benchmarks/paper_rq2.sh; load average before: $(cut -d' ' -f1-3 /proc/loadavg))" > "$out/command.txt"
 cat "$out/summary.md"
+echo "written to $out"

@@ -9,6 +9,9 @@ the study's figures. On a GPU it reads NVML (plain python: no Hydra or Ray neede
 without counters the energy is the CPU-time estimate, which is dynamic already (the two columns
 then agree).
 Usage: python benchmarks/paper_rq2_gpu.py [--steps 300] [--batch-size 128] [--baseline-s 2]
+       [--shapes fashion_mnist cifar10] [--tag cuda|cpu] [--out DIR]
+Writes ``paper_rq2_gpu_<tag>.txt`` / ``.json`` (tag: the device by default) into ``--out`` (default:
+a fresh temporary folder).
 """
 
 from __future__ import annotations
@@ -22,12 +25,12 @@ import warnings
 import lightning.pytorch as pl
 import pandas as pd
 import torch
-from common import machine, save
+from common import add_out_argument, machine, save
 
 from lightning_green import EnergyMonitor
 from lightning_green.data import SyntheticDataModule
 from lightning_green.models import LitClassifier, SimpleCNN
-from lightning_green.records import read_windows
+from lightning_green.records import read_summary, read_windows
 from lightning_green.report.runs import main_effects
 
 SHAPES = {"fashion_mnist": (1, 28), "cifar10": (3, 32)}
@@ -57,7 +60,7 @@ def run(
                              enable_model_summary=False, num_sanity_val_steps=0, accelerator="auto", devices=1)  # fmt: skip
         trainer.fit(LitClassifier(net), datamodule=dm)
         second = next(w for w in read_windows(d) if w.stage == "train" and w.epoch == 1)
-        measured_baseline = monitor.baseline
+        measured_baseline = read_summary(d).get("idle_baseline")
     return {
         "shape": shape,
         "conv_layers": conv,
@@ -68,25 +71,27 @@ def run(
         "seconds": second.seconds,
         "watts": second.energy_j / second.seconds,
         "source": ", ".join(f"{k}={v}" for k, v in sorted(second.sources.items())),
-        "baseline": measured_baseline.to_dict() if measured_baseline else None,
+        "baseline": measured_baseline,
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     cuda = torch.cuda.is_available()
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=300 if cuda else 8)
     p.add_argument("--batch-size", type=int, default=128 if cuda else 64)
     p.add_argument("--baseline-s", type=float, default=2.0)
-    p.add_argument("--name", default="paper_rq2_gpu" if cuda else "paper_rq2_static_dynamic_cpu")
-    args = p.parse_args()
+    p.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    p.add_argument("--tag", default="cuda" if cuda else "cpu", help="results are paper_rq2_gpu_<tag>.*")
+    add_out_argument(p)
+    args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     if not cuda:
         torch.set_num_threads(1)
     rows = []
     baseline = None
-    for shape in SHAPES:
+    for shape in args.shapes:
         for conv, linear, act in itertools.product((1, 4), (3, 7), ("relu", "none")):
             row = run(shape, conv, linear, act, args, baseline)
             rows.append(row)
@@ -101,7 +106,7 @@ def main() -> None:
         "",
     ]
     data: dict = {"args": vars(args), "rows": rows}
-    for shape in SHAPES:
+    for shape in args.shapes:
         part = df[df["shape"] == shape].drop(columns=["shape", "baseline", "source"]).reset_index(drop=True)
         lines.append(f"[{shape}-shaped data]")
         lines.append(part.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -127,9 +132,10 @@ def main() -> None:
         lines.append("")
     lines.append(
         f"command: python benchmarks/paper_rq2_gpu.py --steps {args.steps} --batch-size {args.batch_size} "
-        f"--baseline-s {args.baseline_s:g}"
+        f"--baseline-s {args.baseline_s:g} --shapes {' '.join(args.shapes)} --tag {args.tag}"
     )
-    save(args.name, "\n".join(lines) + "\n", data)
+    save(f"paper_rq2_gpu_{args.tag}", "\n".join(lines) + "\n", data, args.out)
+    return data
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Both arms run EnergyMonitor; runs are interleaved. Besides whole-fit times (noisy on a shared
 2-core VM), it reports the profiler's own cost, measured inside the run: the time in its
 callback hooks plus the extra time of profiled steps over the median unprofiled step.
-Usage: python benchmarks/profiler_overhead.py [--repeats 7] [--epochs 30]
+Usage: python benchmarks/profiler_overhead.py [--repeats 7] [--epochs 30] [--out DIR]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import warnings
 
 import lightning.pytorch as pl
 import torch
-from common import interleaved, machine, median, save, timed_callback
+from common import add_out_argument, interleaved, machine, median, save, timed_callback
 
 from lightning_green import EnergyMonitor, LayerEnergyProfiler
 from lightning_green.data import DigitsDataModule
@@ -89,6 +89,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--epochs", type=int, default=30)
+    add_out_argument(p)
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     for name in ("lightning.pytorch", "lightning.fabric"):
@@ -127,6 +128,7 @@ def main() -> None:
         "profiler_overhead",
         text,
         {"times": times, "own_cost": OWN_COST, "end_cost": END_COST, "args": vars(args)},
+        args.out,
     )
 
 
