@@ -1,25 +1,39 @@
 # Two commands on a fresh machine:
-#   make run    set up .venv and train the default CNN on the embedded digits data, with EnergyMonitor on
-#   make test   set up .venv and run the linters and the test suite
+#   make run    set up .venv with what training needs (pip install -e .) and train the default CNN
+#               on the embedded digits data, with EnergyMonitor on
+#   make test   set up .venv with the dev tools too (pip install -e ".[dev]") and run the linters and
+#               the test suite (the documentation's strict build and its examples included)
+# Also: make test-fast (the tests not marked slow), make docs (the site, into build/site).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# One stamp per install: `make run` then `make test` still installs the dev extra; the dev install
+# includes the package itself, so it stamps the run install too.
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup setup-dev run test test-fast lint docs clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -e ".[dev]"
-	touch $(STAMP)
 
-setup: $(STAMP)
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e .
+	touch $(RUN_STAMP)
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $(DEV_STAMP) $(RUN_STAMP)
+
+setup: $(RUN_STAMP)
+
+setup-dev: $(DEV_STAMP)
 
 run: setup
 	$(BIN)/lightning-green train
 
-lint: setup
+lint: setup-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
@@ -27,5 +41,11 @@ lint: setup
 test: lint
 	$(BIN)/python -m pytest -q
 
+test-fast: setup-dev
+	$(BIN)/python -m pytest -q -m "not slow"
+
+docs: setup-dev
+	$(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) lightning_green_runs lightning_green_logs .pytest_cache
+	rm -rf $(VENV) lightning_green_runs lightning_green_logs .pytest_cache build/site
