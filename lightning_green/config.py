@@ -167,6 +167,7 @@ class ProfilerSchema:
     every_n_steps: int | None = 500
     mode: str = "allocate"
     replay_window_s: float = 2.0
+    clock: str = "auto"
 
 
 @dataclass

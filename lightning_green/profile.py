@@ -16,6 +16,9 @@ from lightning_green.callbacks import LayerEnergyProfiler
 from lightning_green.config import CONF_DIR, ConfigError, friendly_errors
 from lightning_green.experiment import build_run
 
+#: Distinct module notes printed; the rest are in layers.csv.
+MAX_NOTES = 8
+
 
 def print_type_table(profiler: LayerEnergyProfiler, title: str) -> None:
     from rich.console import Console
@@ -67,11 +70,17 @@ def main(cfg: DictConfig) -> None:
         )
     rows = profiler.rows()
     print_type_table(
-        profiler, f"Energy per layer type ({profiler.steps} profiled steps; {rows[0]['source']})"
+        profiler,
+        f"Energy per layer type ({profiler.steps} profiled steps; {rows[0]['source']}; timed by {rows[0]['clock']})",
     )
     print_top_modules(profiler)
-    for note in dict.fromkeys(r["note"] for r in rows if r["note"] and r["name"] != "unattributed"):
+    notes = list(dict.fromkeys(r["note"] for r in rows if r["note"] and r["name"] != "unattributed"))
+    for note in notes[:MAX_NOTES]:
         print(f"note: {note}")
+    if len(notes) > MAX_NOTES:
+        print(f"note: ... and {len(notes) - MAX_NOTES} more (layers.csv, column note)")
+    if rows[-1]["note"]:
+        print(f"unattributed: {rows[-1]['note']}")
     if profiler.written:
         print(f"files in {profiler.output_dir}: {', '.join(profiler.written)}")
 

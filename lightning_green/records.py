@@ -214,6 +214,8 @@ class LayerRecord:
     optimizer_j: float | None = None  # its share of the optimizer step (by its own parameters)
     rank: int = 0  # the rank whose device these figures are (each rank profiles its own)
     world_size: int = 1
+    #: What timed the modules: ``process-cpu`` (the energy is CPU time), ``cuda-events``, ``wall``.
+    clock: str = ""
     schema: int = SCHEMA_VERSION
 
 

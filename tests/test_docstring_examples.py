@@ -22,6 +22,7 @@ MODULES = [
     "lightning_green.callbacks.energy_monitor",
     "lightning_green.callbacks.layer_profiler.callback",
     "lightning_green.callbacks.forecast",
+    "lightning_green.callbacks.flops",
     "lightning_green.callbacks.energy_budget",
     "lightning_green.callbacks.energy_efficient_stopping",
     "lightning_green.callbacks.stop_at_target",

@@ -100,14 +100,166 @@ def test_the_ablation_benchmark_runs_in_quick_mode(monkeypatch):
     sys.modules.pop("layer_ablation", None)
     import layer_ablation
 
-    out = layer_ablation.main(["--quick", "--threads", "1"])
-    assert set(out["cases"]) == {"cnn", "transformer"}
+    out = layer_ablation.main(["--quick", "--threads", "1", "--clock", "auto,wall"])
+    assert set(out["cases"]) == {"cnn", "transformer", "resnet"}
     for case in out["cases"].values():
-        assert case["measured_drop_j"] > 0 and case["profiler_step_j"] > 0
-        for mode in ("allocate", "power", "replay"):
-            m = case["modes"][mode]
-            assert m["predicted_drop_j"] > 0
-            assert m["error"] == pytest.approx(
-                (m["predicted_drop_j"] - case["measured_drop_j"]) / case["measured_drop_j"]
-            )
+        # the tiny models' measured drop is within a busy machine's noise: only its use is checked
+        measured = case["measured_drop_j"]
+        assert case["profiler_step_j"] > 0 and case["clock"] == "process-cpu"
+        for modes in (case["modes"], case["other_clocks"]["wall"]["modes"]):
+            for mode in ("allocate", "power", "replay"):
+                m = modes[mode]
+                assert m["predicted_drop_j"] > 0
+                assert m["error"] == (
+                    None if measured == 0 else pytest.approx((m["predicted_drop_j"] - measured) / measured)
+                )
     assert out["best_mode"] in ("allocate", "power", "replay")
+
+
+def _ctx(replays, compute_s, calls, child_calls, step_j=100.0, step_s=10.0):
+    from lightning_green.callbacks.layer_profiler.replay import ReplayResult
+
+    return attr.Context(
+        step_j=step_j, step_s=step_s, compute_s=compute_s, optimizer_s={}, calls=calls,
+        child_calls=child_calls,
+        replays={k: ReplayResult(*v) if v else ReplayResult(None, None, "no replay") for k, v in replays.items()},
+    )  # fmt: skip
+
+
+def test_replay_bounds_a_parents_own_figure_to_what_its_own_time_can_cost():
+    # block: 10 J in 1 s per call; its children 3 J + 2 J (all at 10 W). Its replay says 5 J of own
+    # work, but it spent only 0.01 s of its own in the step: at most 0.1 J at the highest power.
+    calls = {"block": 1.0, "a": 1.0, "b": 1.0}
+    kids = {"block": {"a": 1.0, "b": 1.0}, "a": {}, "b": {}}
+    ctx = _ctx({"block": (10.0, 1.0), "a": (3.0, 0.3), "b": (2.0, 0.2)}, {"block": 0.01, "a": 0.3, "b": 0.2},
+               calls, kids)  # fmt: skip
+    split = attr.METHODS["replay"].split(ctx)
+    assert split.joules == pytest.approx({"block": 0.1, "a": 3.0, "b": 2.0})
+    assert "bounded" in split.notes["block"][0] and not split.unattributed_note
+    # children that cost more than their parent: its own work is 0, never negative
+    ctx = _ctx({"block": (4.0, 1.0), "a": (3.0, 0.3), "b": (2.0, 0.2)}, {"block": 0.5, "a": 0.3, "b": 0.2},
+               calls, kids)  # fmt: skip
+    split = attr.METHODS["replay"].split(ctx)
+    assert split.joules["block"] == 0.0 and "set to 0" in split.notes["block"][0]
+
+
+def test_replays_adding_up_past_the_measured_step_are_scaled_to_it():
+    ctx = _ctx({"a": (6.0, 1.0), "b": (6.0, 1.0)}, {"a": 1.0, "b": 1.0}, {"a": 1.0, "b": 1.0},
+               {"a": {}, "b": {}}, step_j=10.0, step_s=2.0)  # fmt: skip
+    split = attr.METHODS["replay"].split(ctx)
+    assert split.joules == pytest.approx({"a": 5.0, "b": 5.0})
+    assert "more than the measured step" in split.unattributed_note
+
+
+def test_each_method_is_a_strategy_over_one_context():
+    ctx = _ctx({"a": (2.0, 0.1), "b": None}, {"a": 0.1, "b": 0.4}, {"a": 1.0, "b": 1.0},
+               {"a": {}, "b": {}}, step_j=10.0, step_s=1.0)  # fmt: skip
+    assert attr.METHODS["allocate"].split(ctx).joules == pytest.approx({"a": 1.0, "b": 4.0})
+    power = attr.METHODS["power"].split(ctx)  # a at its replayed 20 W, b at the step's average 10 W
+    assert power.joules == pytest.approx({"a": 2.0, "b": 4.0}) and "power unknown" in power.notes["b"][0]
+    no_replays = attr.Context(10.0, 1.0, {"a": 1.0}, {}, {"a": 1.0}, {"a": {}}, {})
+    assert (
+        attr.METHODS["power"].split(no_replays) is None and attr.METHODS["replay"].split(no_replays) is None
+    )
+
+
+def test_rows_from_stats_are_a_pure_function():
+    from lightning_green.callbacks.layer_profiler.rows import ModuleStats, StepInputs, build_rows, type_rows
+
+    def stats(name, parent, fwd, children=(), kid_calls=None, layer="Linear", flops=0):
+        return ModuleStats(name, parent, name.count(".") + 1, "M", layer, 10, 10, 10, tuple(children), 1.0,
+                           kid_calls or {}, fwd, 0.0, fwd, flops, flops)  # fmt: skip
+
+    mods = [
+        stats("net", None, 0.1, ("net.a",), {"net.a": 1.0}, "Composite", 0),
+        stats("net.a", "net", 0.3, flops=8),
+    ]
+    step = StepInputs(step_j=10.0, step_s=1.0, optimizer_s=0.0, meter_source="estimated:cpu-time",
+                      clock="process-cpu")  # fmt: skip
+    rows = build_rows(mods, step, "allocate")
+    assert [r["name"] for r in rows] == ["net", "net.a", "unattributed"]
+    assert [r["joules_per_step"] for r in rows] == pytest.approx([1.0, 3.0, 6.0])
+    assert rows[0]["total_j"] == pytest.approx(4.0) and rows[0]["source"] == "allocated:estimated:cpu-time"
+    assert {r["clock"] for r in rows} == {"process-cpu"}
+    assert [t["layer_type"] for t in type_rows(rows)] == ["Linear", "Composite", "unattributed"]
+    empty = build_rows(
+        mods, StepInputs(None, None, 0.0, "none", "wall", problems=("the meter failed",)), "allocate"
+    )
+    assert all(r["joules_per_step"] is None and "the meter failed" in r["note"] for r in empty)
+
+
+def test_the_clock_follows_what_the_meter_measures():
+    from lightning_green.callbacks.layer_profiler.clocks import choose_clock
+
+    assert choose_clock("auto", ["estimated:cpu-time"]) == "process-cpu"
+    assert choose_clock("auto", ["measured:nvml", "estimated:cpu-time"]) == "wall"
+    assert choose_clock("auto", ["measured:rapl"]) == "wall" and choose_clock("auto", []) == "wall"
+    assert choose_clock("thread-cpu", ["measured:nvml"]) == "thread-cpu"
+
+
+def test_a_windows_length_is_in_the_modules_clock():
+    from lightning_green.callbacks.layer_profiler.clocks import LoadSnapshot
+    from lightning_green.callbacks.layer_profiler.windows import Cycle, clock_seconds, step_of
+    from lightning_green.energy.reading import DomainEnergy, Reading
+
+    def reading(joules, seconds, **assumptions):
+        return Reading(0.0, seconds, seconds, (DomainEnergy("cpu", "process", joules, "estimated:cpu-time"),),
+                       assumptions)  # fmt: skip
+
+    # 24 J of the estimate at 12 W per core: 2 CPU seconds (workers included), in 5 wall seconds
+    r = reading(24.0, 5.0, cpu_watts_per_core=12.0)
+    assert clock_seconds(r, 1.5, "process-cpu") == pytest.approx(2.0)
+    assert clock_seconds(r, 1.5, "wall") == 5.0 and clock_seconds(r, 1.5, "thread-cpu") == 1.5
+    assert clock_seconds(reading(24.0, 5.0), 1.5, "process-cpu") == 1.5  # no watts per core: its own span
+    snap = LoadSnapshot(0.0, 0.0, None, None)
+    c = Cycle(True, 0.0, snap, 0.0, hooked=r, reference=r, hooked_steps=2, reference_steps=4)
+    assert step_of(c, "process-cpu") == pytest.approx((6.0, 0.5, False))
+    c = Cycle(True, 0.0, snap, 0.0, hooked=r, hooked_steps=2, overhead_s=1.0)  # no reference: hooks removed
+    assert step_of(c, "process-cpu") == pytest.approx((6.0, 0.5, True))
+
+
+def test_machine_load_warns_when_waiting_for_a_cpu_moved_the_figures():
+    from lightning_green.callbacks.layer_profiler.clocks import LoadSnapshot, MachineLoad
+
+    load = MachineLoad(cpus=2)
+    # 1 s: this process 0.5 CPU s, the node 2.0 busy CPU s, the training thread waited 0.4 s
+    load.add(LoadSnapshot(10.0, 1.0, 100.0, 3.0), LoadSnapshot(11.0, 1.5, 102.0, 3.4))
+    f = load.figures()
+    assert f["own_cpus"] == pytest.approx(0.5) and f["other_cpus"] == pytest.approx(1.5)
+    assert f["waited_share"] == pytest.approx(0.4)
+    assert "waited for a CPU 40%" in load.warning("wall", 1) and "1.5 of 2 CPUs" in load.warning(
+        "cuda-events", 1
+    )
+    assert load.warning("process-cpu", 1) is None  # CPU time leaves the wait out
+    assert "spin" in load.warning("process-cpu", 2)
+    quiet = MachineLoad(cpus=2)
+    quiet.add(LoadSnapshot(0.0, 0.0, 0.0, 0.0), LoadSnapshot(1.0, 1.0, 1.0, 0.01))
+    assert quiet.warning("wall", 1) is None
+    unknown = MachineLoad(cpus=2)
+    unknown.add(LoadSnapshot(0.0, 0.0, None, None), LoadSnapshot(1.0, 1.0, None, None))
+    assert unknown.figures()["other_cpus"] is None and unknown.warning("wall", 1) is None
+
+
+def test_flops_are_counted_without_running_anything_twice():
+    import torch
+
+    from lightning_green.callbacks.flops import OpFlops
+
+    counts: list[int] = []
+    calls = []
+    lin = torch.nn.Linear(3, 4)
+    lin.register_forward_hook(lambda *a: calls.append(1))
+    with OpFlops(counts.append):
+        lin(torch.ones(2, 3))
+    assert counts == [2 * 2 * 3 * 4] and calls == [1]
+
+
+def test_a_call_no_longer_than_a_replays_fixed_cost_keeps_its_raw_power():
+    from lightning_green.callbacks.layer_profiler.replay import ReplayResult
+
+    # net of the empty replay nothing is left; its power with the fixed cost (2 W) stands in
+    tiny = ReplayResult(0.0, 0.0, raw=(0.2, 0.1))
+    ctx = attr.Context(10.0, 1.0, {"a": 0.5}, {}, {"a": 1.0}, {"a": {}}, {"a": tiny})
+    power = attr.METHODS["power"].split(ctx)
+    assert power.watts["a"] == pytest.approx(2.0) and power.joules["a"] == pytest.approx(1.0)
+    assert "a" not in power.notes

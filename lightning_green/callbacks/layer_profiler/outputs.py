@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,16 @@ from lightning_green._plotting import pyplot
 from lightning_green.records import RECORDS_FILE, LayerRecord, RecordWriter, temporary_path
 
 UNATTRIBUTED = "unattributed"
+#: Whether the record schema has a field for the clock modules were timed by.
+
+
+def logged_metrics(types: list[dict[str, Any]]) -> dict[str, float]:
+    """``layer_energy/<type>_j``: joules per step of each layer type's own work (where known)."""
+    return {
+        f"layer_energy/{t['layer_type']}_j": t["joules_per_step"]
+        for t in types
+        if t["joules_per_step"] is not None
+    }
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -52,6 +63,7 @@ def write_records(
             joules_per_sample=r["joules_per_sample"], calls=round(r["calls"]), steps=steps,
             complete=r["complete"], note=r["note"], parent=r["parent"], depth=r["depth"],
             total_j=r["total_j"], optimizer_j=r["optimizer_j"], rank=r["rank"], world_size=r["world_size"],
+            clock=r["clock"],
         )
         for r in rows
     ]  # fmt: skip
@@ -69,6 +81,47 @@ def write_records(
     writer = RecordWriter(folder / RECORDS_FILE)
     writer.write_many(records)
     writer.close()
+
+
+def write_tables(
+    folder: Path,
+    run_id: str,
+    rows: list[dict[str, Any]],
+    types: list[dict[str, Any]],
+    profile: dict[str, Any],
+) -> list[str]:
+    """``layers.csv``, ``layer_types.csv`` and ``layer_profile.json``, each naming its run (several
+    trainings may share a folder: their records in energy.jsonl stay apart by run_id; the CSVs
+    hold the latest run's table). Returns the files written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_csv(folder / "layers.csv", [{"run_id": run_id, **r} for r in rows])
+    write_csv(folder / "layer_types.csv", [{"run_id": run_id, **t} for t in types])
+    write_json(folder / "layer_profile.json", {"run_id": run_id, **profile})
+    return ["layers.csv", "layer_types.csv", "layer_profile.json"]
+
+
+def write_all(
+    folder: Path, run_id: str, rows: list[dict[str, Any]], types: list[dict[str, Any]],
+    profile: dict[str, Any], final: bool, chart: tuple[str, int] | None, warn: Callable[[str], None],
+) -> list[str]:  # fmt: skip
+    """The tables; at the end of training (``final``) also the chart (``chart``: its title and how
+    many modules it shows; ``None``: no chart) and the records. Returns the files written. A full
+    disk loses files (with a warning), never the training."""
+    try:
+        written = write_tables(folder, run_id, rows, types, profile)
+    except OSError as err:
+        warn(f"cannot write the layer tables to {folder} ({err})")
+        return []
+    if not final:
+        return written
+    if chart is not None:
+        try:
+            plot(folder / "layer_energy.png", chart[0], types, rows, chart[1])
+            written.append("layer_energy.png")
+        except OSError as err:
+            warn(f"cannot save layer_energy.png ({err})")
+    write_records(folder, run_id, str(profile["mode"]), int(profile["profiled_steps"]), rows, types)
+    return written
 
 
 def plot(path: Path, title: str, types: list[dict[str, Any]], rows: list[dict[str, Any]], top: int) -> None:
