@@ -50,15 +50,22 @@ def test_cpu_time_share_is_the_jobs_cpu_over_the_nodes_busy_cpu():
     assert split.share((3.0, 4.0), split.snapshot()).value == 1.0
 
 
-def test_a_window_too_short_for_proc_stat_takes_the_runs_share_and_says_so():
+def test_a_window_too_short_for_proc_stat_takes_the_latest_resolved_share_and_says_so():
     c = Clocks()
     split = c.split()
-    c.job, c.node = 1.0, 4.0
+    c.job, c.node = 1.0, 4.0  # waiting for the other job's set-up: a low share since the start
     before = split.snapshot()
     c.job, c.node = 1.0 + MIN_RESOLVED_BUSY_S / 4, 4.0 + MIN_RESOLVED_BUSY_S / 2
     share = split.share(before, split.snapshot())
-    assert share.method == "attributed:cpu-time-share(run)"
+    assert share.method == "attributed:cpu-time-share(run)"  # nothing resolved yet: since the start
     assert share.value == pytest.approx(c.job / c.node)
+    before = split.snapshot()
+    c.job, c.node = c.job + 0.9, c.node + 1.0  # a resolved window: 90% of the busy time is ours
+    assert split.share(before, split.snapshot()).value == pytest.approx(0.9)
+    before = split.snapshot()
+    c.job, c.node = c.job + 0.01, c.node + 0.05
+    share = split.share(before, split.snapshot())
+    assert (share.value, share.method) == (pytest.approx(0.9), "attributed:cpu-time-share(recent)")
 
 
 def test_a_quiet_node_charges_the_whole_package_to_the_job():

@@ -39,7 +39,8 @@ from lightning_green.energy.reading import DomainEnergy
 #: ``EnergyMonitor(attribution=...)`` / ``make_meter(attribution=...)`` choices.
 ATTRIBUTIONS = ("auto", "job", "device")
 #: Node busy CPU seconds below which a window is too short for ``/proc/stat``'s 10 ms ticks: its
-#: share is then the job's share since the meter started (said in the method: ``...(run)``).
+#: share is then that of the latest window long enough (``...(recent)``), or before there is one,
+#: the job's share since the meter started (``...(run)``).
 MIN_RESOLVED_BUSY_S = 0.2
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 #: cgroup paths that are a job of their own (the whole cgroup is the job, not just this process).
@@ -160,6 +161,7 @@ class CpuTimeShare:
             job_seconds, job = job_cpu_clock()
         self._job, self._node = job_seconds, node_seconds
         self.job = job or "the job"
+        self._recent: float | None = None
         self._start = self.snapshot()  # fails here, not mid-run, where /proc/stat is unreadable
 
     def snapshot(self) -> tuple[float, float]:
@@ -171,12 +173,20 @@ class CpuTimeShare:
     def share(self, before: tuple[float, float], after: tuple[float, float]) -> Share:
         job, node = after[0] - before[0], after[1] - before[1]
         method = "attributed:cpu-time-share"
-        if node < MIN_RESOLVED_BUSY_S:
-            job, node = after[0] - self._start[0], after[1] - self._start[1]
-            method += "(run)"
+        if node >= MIN_RESOLVED_BUSY_S:
+            self._recent = self._of(job, node)
+            return Share(self._recent, method)
+        if self._recent is not None:
+            # Too short for /proc/stat's ticks: the share of the latest window that was long enough
+            # (not the share since the start, which holds the wait before training began).
+            return Share(self._recent, method + "(recent)")
+        return Share(self._of(after[0] - self._start[0], after[1] - self._start[1]), method + "(run)")
+
+    @staticmethod
+    def _of(job: float, node: float) -> float:
         if node <= 0:
-            return Share(1.0, method)  # nothing was busy: nobody else used the package either
-        return Share(min(1.0, max(0.0, job / node)), method)
+            return 1.0  # nothing was busy: nobody else used the package either
+        return min(1.0, max(0.0, job / node))
 
 
 @dataclass(frozen=True)
