@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -18,12 +19,28 @@ def _print_study(out: Path) -> None:
     from lightning_green.report.studies import read_study, study_metrics
 
     meta, trials = read_study(out)
+    if trials.empty:
+        Console().print(f"[bold]{meta['strategy']['name']}[/] study: no trials; results in {out}")
+        return
     m = study_metrics(trials)
     Console().print(
-        f"[bold]{meta['strategy']['name']}[/] study: {m['trials']} trials ({m['failed']} failed), best accuracy "
+        f"[bold]{meta['strategy']['name']}[/] study{' [red](interrupted)[/]' if meta.get('interrupted') else ''}: "
+        f"{m['trials']} trials ({m['failed']} failed), best accuracy "
         f"{m['best_accuracy']:.4f}, tuning energy {m['total_energy_j']:.1f} J "
         f"({', '.join(sorted({str(x) for x in trials['source'].dropna()}))}); results in {out}"
     )
+
+
+def _interrupted(what: str, out: Path) -> None:
+    """Say that Ctrl-C cut a study and how to finish it; exit 130 (as a shell does for SIGINT)."""
+    print(
+        f"lightning-green: interrupted (Ctrl-C): {what} did not run to its end; its results so far are "
+        f"in {out}, marked interrupted. Finish it with the same command plus tune.resume=true "
+        f"hydra.run.dir={out}",
+        file=sys.stderr,
+        flush=True,
+    )
+    raise SystemExit(130)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="tune", version_base="1.3")
@@ -38,6 +55,10 @@ def tune_main(cfg: DictConfig) -> None:
     out = run_study(cfg, Path(cfg.output_dir))
     write_pareto(out)
     _print_study(out)
+    from lightning_green.records import STUDY_FILE, read_json
+
+    if read_json(out / STUDY_FILE).get("interrupted"):
+        _interrupted("the study", out)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="compare", version_base="1.3")
@@ -86,19 +107,52 @@ def compare_main(cfg: DictConfig) -> None:
     write_json_atomic(out / "compare.json", {**to_container(c), "target_accuracy": target})
     studies: dict = {}
     metas: dict = {}
-    for s, sub in cfgs.items():
-        studies[s], metas[s] = [], []
-        for seed in c.seeds:
-            path = run_study(sub, out / s / f"seed{seed}", seed=int(seed), cluster=cluster)
-            write_pareto(path)
-            meta, trials = read_study(path)
-            studies[s].append(trials)
-            metas[s].append(meta)
-            _print_line(s, seed, meta, trials)
-    paths = write_compare(studies, out, c.target_fraction, c.reference_energy_j, target, metas)
-    print((out / "compare.md").read_text())
-    for p in paths:
-        print(p)
+    not_run: list[str] = []
+    cut: str | None = None
+    resume = bool(cfg.tune.get("resume"))
+    try:
+        for s, sub in cfgs.items():
+            for seed in c.seeds:
+                path = out / s / f"seed{seed}"
+                if cut is not None:
+                    not_run.append(f"{s} seed {seed}")
+                    continue
+                if resume and study_complete(path):
+                    print(f"{s} seed {seed}: complete, kept as it is ({path})", flush=True)
+                else:
+                    cut = f"{s} seed {seed}"  # until it returns whole
+                    path = run_study(sub, path, seed=int(seed), cluster=cluster)
+                    write_pareto(path)
+                meta, trials = read_study(path)
+                cut = f"{s} seed {seed}" if meta.get("interrupted") else None
+                if trials.empty:
+                    not_run.append(f"{s} seed {seed} (no trial ended)")
+                    continue
+                studies.setdefault(s, []).append(trials)
+                metas.setdefault(s, []).append(meta)
+                _print_line(s, seed, meta, trials)
+    except KeyboardInterrupt:
+        # A second Ctrl-C, or one outside a study: what ended is compared; the rest is listed
+        done = {(m["strategy"]["name"], m["seed"]) for ms in metas.values() for m in ms}
+        not_run = [f"{s} seed {seed}" for s in cfgs for seed in c.seeds if (s, int(seed)) not in done]
+        cut = cut or "the comparison"
+    if studies:
+        paths = write_compare(studies, out, c.target_fraction, c.reference_energy_j, target, metas, not_run)
+        print((out / "compare.md").read_text())
+        for p in paths:
+            print(p)
+    if cut is not None:
+        _interrupted(f"compare ({cut})", out)
+
+
+def study_complete(path: Path) -> bool:
+    """Whether ``path`` holds a study that ran to its end (a resumed comparison keeps it)."""
+    from lightning_green.records import STUDY_FILE, TRIALS_FILE, read_json
+
+    if not (path / STUDY_FILE).is_file() or not (path / TRIALS_FILE).is_file():
+        return False
+    meta = read_json(path / STUDY_FILE)
+    return meta.get("finished") is not None and not meta.get("interrupted")
 
 
 def _print_line(strategy: str, seed: int, meta: dict, trials) -> None:

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from lightning_green.records import read_run, read_summary, read_windows
 from lightning_green.report.pareto import pareto_mask
+from lightning_green.report.studies import study_metrics
 from lightning_green.tune.cost_aware import startup_points
 from lightning_green.tune.space import parse_space
 
@@ -99,7 +100,9 @@ def test_compare_runs_every_strategy_and_writes_table_and_plots(tmp_path: Path):
 def test_two_node_loopback_cluster(tmp_path: Path):
     out = tmp_path / "study"
     port = 26379 + os.getpid() % 1000
+    # In a PID namespace of its own, `ray stop` stops this cluster only, not other tests' Ray.
     bash(f"""
+        [ -n "${{IN_PIDNS:-}}" ] || IN_PIDNS=1 exec unshare -p -f --mount-proc bash "$0"
         trap 'ray stop --force >/dev/null 2>&1 || true' EXIT
         export RAY_AUTH_MODE=token  # Ray >= 2.59 authenticates local clusters; every node and the driver share the token
         ray start --head --port={port} --num-cpus=1 --include-dashboard=false --disable-usage-stats >/dev/null
@@ -113,6 +116,40 @@ def test_two_node_loopback_cluster(tmp_path: Path):
     assert len(trials) == 4 and (trials["status"] == "TERMINATED").all()
     assert trials["node_id"].nunique() == 2  # one CPU per node and two at once: both nodes trained
     assert set(trials["node_id"]) <= set(meta["cluster"]["node_ids"])
+    # The study's energy is measured on every node (an actor per node), beside the driver's
+    nodes = {n.get("node_id"): n for n in meta["nodes"] if n.get("node_id")}
+    assert set(meta["cluster"]["node_ids"]) <= set(nodes)
+    for node_id in meta["cluster"]["node_ids"]:
+        assert nodes[node_id]["energy_j"] > 0 and nodes[node_id]["complete"], nodes[node_id]
+    assert any(n.get("node") == "driver" for n in meta["nodes"])
+    assert meta["study_energy_j"] == pytest.approx(sum(n["energy_j"] for n in meta["nodes"]), rel=1e-9)
+    assert 0 < meta["energy_used_j"] <= meta["study_energy_j"]
+
+
+def test_concurrent_trials_on_a_shared_package_claim_no_more_than_the_study(tmp_path: Path):
+    """Two trials at once on one (emulated) RAPL package that follows the machine's real CPU use:
+    each trial's records carry its CPU-time share of the package, and together the trials claim
+    no more than the whole study measured on the same counter."""
+    out, root = tmp_path / "study", tmp_path / "powercap"
+    bash(f"""
+        python -m lightning_green.testing {root} &
+        rapl=$!
+        trap 'kill $rapl 2>/dev/null || true' EXIT
+        for i in $(seq 1 100); do [ -f {root}/intel-rapl:0/energy_uj ] && break; sleep 0.1; done
+        lightning-green tune energy.backend=rapl energy.rapl_root={root} tune.max_concurrent=2 tune.num_samples=4 \
+          {" ".join(TINY[1:])} hydra.run.dir={out}
+    """, tmp_path)  # fmt: skip
+    meta = json.loads((out / "study.json").read_text())
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 4 and (trials["status"] == "TERMINATED").all()
+    assert trials["source"].str.contains("measured:rapl").all()
+    for path in trials["path"]:
+        windows = read_windows(path)
+        assert windows and all(w.attribution["cpu"].startswith("attributed:cpu-time-share") for w in windows)
+        assert all(w.node_j is not None and w.energy_j <= w.node_j * (1 + 1e-9) for w in windows)
+    assert "measured:rapl" in meta["study_energy_source"]
+    assert 0 < meta["energy_used_j"] <= meta["study_energy_j"]
+    assert meta["energy_used_j"] == pytest.approx(trials["total_j"].sum(), rel=1e-9)
 
 
 def test_crashed_trials_are_retried_then_reported_failed(tmp_path: Path):
@@ -133,6 +170,83 @@ def test_crashed_trials_are_retried_then_reported_failed(tmp_path: Path):
     assert len(bad) == 2 and (bad["status"] == "ERROR").all()
     assert bad["error"].str.contains("always crashes").all()
     assert json.loads((out / "study.json").read_text())["failed"] == 2
+
+
+def test_a_trial_worker_killed_with_sigkill_keeps_its_attempts_energy(tmp_path: Path):
+    """kill -9 of a trial's worker mid-fit: Ray retries the trial, and the killed attempt's
+    recorded windows are kept in the trial's folder and counted apart (other_attempts_j)."""
+    out, kill = tmp_path / "study", tmp_path / "kill"
+    # The second trial's first attempt waits in epoch 1 to be killed. It runs in the first
+    # trial's reused worker; its retry in a fresh one: both attempts must write to one folder.
+    env = {"PYTHONPATH": f"{REPO / 'tests' / 'helpers'}:{os.environ.get('PYTHONPATH', '')}",
+           "LG_KILL_DIR": str(kill), "LG_KILL_AT": "2"}  # fmt: skip
+    bash(f"""
+        lightning-green tune tune.num_samples=2 tune.max_concurrent=1 tune.max_failures=1 tune.reuse_actors=true \
+          '+callbacks.kill._target_=trial_faults.WaitToBeKilled' {" ".join(TINY[:1] + TINY[2:])} trainer.max_epochs=2 \
+          hydra.run.dir={out} > tune.log 2>&1 &
+        pid=$!
+        for i in $(seq 1 3000); do
+          ls {kill}/[0-9]* >/dev/null 2>&1 && break
+          kill -0 $pid 2>/dev/null || break
+          sleep 0.1
+        done
+        worker=$(basename "$(ls {kill}/[0-9]*)")
+        cp "$(cat {kill}/$worker)/energy.jsonl" killed.jsonl
+        kill -9 "$worker"
+        wait $pid
+    """, tmp_path, env=env)  # fmt: skip
+    killed = read_windows(tmp_path / "killed.jsonl")
+    assert killed and len({w.run_id for w in killed}) == 1
+    killed_j = sum(w.energy_j for w in killed)
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 2 and (trials["status"] == "TERMINATED").all() and trials["finished"].all()
+    hit = trials[[killed[0].run_id in {w.run_id for w in read_windows(p)} for p in trials["path"]]]
+    assert len(hit) == 1, "the killed attempt's windows are in its trial's folder"
+    kept = {(w.run_id, w.stage, w.epoch, w.start_time) for w in read_windows(hit["path"].iloc[0])}
+    assert {(w.run_id, w.stage, w.epoch, w.start_time) for w in killed} <= kept
+    assert hit["other_attempts_j"].iloc[0] == pytest.approx(killed_j, rel=1e-9)
+    assert trials["other_attempts_j"].sum() == pytest.approx(killed_j, rel=1e-9)
+    meta = json.loads((out / "study.json").read_text())
+    assert meta["other_attempts_j"] == pytest.approx(killed_j, rel=1e-9)
+    assert meta["energy_used_j"] == pytest.approx(trials["total_j"].sum() + killed_j, rel=1e-9)
+
+
+def test_a_failed_trials_energy_comes_from_its_records(tmp_path: Path):
+    """A trial that raises mid-epoch never reports: its energy is what its records hold (an
+    interrupted window included), every attempt's, and the study's tuning energy counts it."""
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    env = {"PYTHONPATH": f"{REPO / 'tests' / 'helpers'}:{os.environ.get('PYTHONPATH', '')}"}
+    fail = "'+callbacks.fail._target_=trial_faults.RaiseMidEpoch'"
+    bash(f"""
+        lightning-green tune tune.num_samples=1 tune.max_failures=0 {fail} {" ".join(TINY)} hydra.run.dir={once}
+        lightning-green tune tune.num_samples=1 tune.max_failures=1 {fail} {" ".join(TINY)} hydra.run.dir={twice}
+    """, tmp_path, env=env)  # fmt: skip
+    for out, attempts in ((once, 1), (twice, 2)):
+        trials = pd.read_csv(out / "trials.csv")
+        meta = json.loads((out / "study.json").read_text())
+        assert len(trials) == 1 and trials["status"].iloc[0] == "ERROR" and meta["failed"] == 1
+        trial = trials.iloc[0]
+        windows = read_windows(trial["path"])
+        runs = sorted(
+            {w.run_id for w in windows}, key=lambda r: min(w.start_time for w in windows if w.run_id == r)
+        )
+        assert len(runs) == attempts, "every attempt's records are kept"
+        last = [w for w in windows if w.run_id == runs[-1]]
+        assert any(w.interrupted for w in last) and all(w.stage != "test" for w in last)
+        assert trial["energy_from"] == "records"
+        assert (
+            trial["energy_j"] == pytest.approx(sum(w.energy_j for w in last), rel=1e-9)
+            and trial["energy_j"] > 0
+        )
+        assert trial["total_j"] == pytest.approx(trial["energy_j"], rel=1e-9)
+        assert trial["dynamic_j"] == pytest.approx(trial["energy_j"], rel=1e-9)  # the estimate is dynamic
+        others = sum(w.energy_j for w in windows if w.run_id != runs[-1])
+        assert trial["other_attempts_j"] == pytest.approx(others, rel=1e-9) and (others > 0) == (attempts > 1)
+        every = sum(w.energy_j for w in windows)
+        assert meta["energy_used_j"] == pytest.approx(every, rel=1e-9)
+        assert study_metrics(trials)["total_energy_j"] == pytest.approx(every, rel=1e-9)
+        assert study_metrics(trials)["total_dynamic_energy_j"] == pytest.approx(every, rel=1e-9)
+        assert meta["framework_energy_j"] is None or meta["framework_energy_j"] >= 0
 
 
 def test_interrupted_study_resumes_without_rerunning_finished_trials(tmp_path: Path):
@@ -188,6 +302,57 @@ def test_interrupted_study_resumes_without_rerunning_finished_trials(tmp_path: P
     assert trials["other_attempts_j"].sum() == pytest.approx(meta["other_attempts_j"])
 
 
+def test_ctrl_c_stops_the_whole_compare_and_the_resumed_study_adds_its_parts(tmp_path: Path):
+    """Ctrl-C during one strategy's study stops the comparison (exit 130) after it wrote what it
+    has, marked incomplete; resuming finishes the cut study (its energy is both runs' together)
+    and runs the strategies that never ran; resuming again keeps the complete studies as they are."""
+    out = tmp_path / "cmp"
+    args = (f"'compare.strategies=[grid,random]' 'compare.seeds=[0]' tune.num_samples=3 tune.max_concurrent=1 "
+            f"{' '.join(TINY[:1] + TINY[2:])} trainer.max_epochs=4 hydra.run.dir={out}")  # fmt: skip
+    bash(f"""
+        lightning-green compare {args} > first.log 2> first.err &
+        pid=$!
+        # Ctrl-C once grid's first trial has ended (the study's line for it; its second is then under way)
+        for i in $(seq 1 3000); do
+          grep -q "^grid seed 0 trial 1 " first.log && break
+          sleep 0.1
+        done
+        kill -INT $pid
+        rc=0; wait $pid || rc=$?
+        echo $rc > first.rc
+        cp {out}/compare.md first_compare.md
+        ls {out} > first_ls.txt
+        cp {out}/grid/seed0/study.json cut_study.json
+        lightning-green compare {args} tune.resume=true > second.log 2>&1
+        cp {out}/grid/seed0/study.json resumed_study.json
+        lightning-green compare {args} tune.resume=true > third.log 2>&1
+    """, tmp_path, timeout=600)  # fmt: skip
+    assert (tmp_path / "first.rc").read_text().strip() == "130"
+    err = (tmp_path / "first.err").read_text()
+    assert "interrupted" in err and "tune.resume=true" in err, err[-2000:]
+    first = (tmp_path / "first_compare.md").read_text()
+    assert "Incomplete comparison" in first and "grid seed 0" in first and "random seed 0" in first
+    assert "random" not in (tmp_path / "first_ls.txt").read_text().split()  # the next strategy never ran
+    cut = json.loads((tmp_path / "cut_study.json").read_text())
+    assert cut["interrupted"] is True and len(cut["parts"]) == 1 and cut["study_energy_j"] > 0
+    resumed = json.loads((tmp_path / "resumed_study.json").read_text())
+    assert resumed["resumed"] is True and resumed["interrupted"] is False and resumed["trials"] == 3
+    assert [p["interrupted"] for p in resumed["parts"]] == [True, False]
+    assert resumed["parts"][0]["energy_j"] == pytest.approx(cut["study_energy_j"], rel=1e-12)
+    assert resumed["study_energy_j"] == pytest.approx(sum(p["energy_j"] for p in resumed["parts"]), rel=1e-12)
+    assert resumed["study_energy_j"] > cut["study_energy_j"]
+    assert resumed["framework_energy_j"] is None or resumed["framework_energy_j"] >= 0
+    assert resumed["wall_s"] == pytest.approx(sum(p["wall_s"] for p in resumed["parts"]), rel=1e-9)
+    second = (out / "compare.md").read_text()
+    assert "Incomplete comparison" not in second
+    table = pd.read_csv(out / "compare.csv").set_index("strategy")
+    assert list(table.index) == ["grid", "random"] and (table["interrupted_seeds"] == 0).all()
+    assert (table["study_energy_j"] > 0).all()
+    # Resumed once more: both studies are complete and kept as they are
+    assert (tmp_path / "third.log").read_text().count("complete, kept as it is") == 2
+    assert json.loads((out / "grid" / "seed0" / "study.json").read_text()) == resumed
+
+
 def test_asha_stops_weak_trials_and_the_energy_budget_stops_the_study(tmp_path: Path):
     asha, budget = tmp_path / "asha", tmp_path / "budget"
     bash(f"""
@@ -201,6 +366,18 @@ def test_asha_stops_weak_trials_and_the_energy_budget_stops_the_study(tmp_path: 
     assert (stopped["epochs"] < 4).all() and (stopped["energy_saved_estimate_j"] > 0).all()
     assert meta["energy_saved_estimate_j"] == pytest.approx(stopped["energy_saved_estimate_j"].sum())
     assert (trials[~trials["stopped_early"]]["energy_saved_estimate_j"] == 0).all()
+    # A trial ASHA stopped sent no final report: every figure a comparison sums comes from its
+    # records, and the estimate's energy is all dynamic, so the two totals agree.
+    cut = trials[~trials["finished"]]
+    assert len(cut) >= 1 and (cut["energy_from"] == "records").all()
+    for _, trial in cut.iterrows():
+        assert trial["total_j"] == pytest.approx(
+            sum(w.energy_j for w in read_windows(trial["path"])), rel=1e-9
+        )
+    assert trials["dynamic_j"].notna().all() and trials["total_dynamic_j"].notna().all()
+    m = study_metrics(trials)
+    assert m["total_dynamic_energy_j"] == pytest.approx(m["total_energy_j"], rel=1e-9)
+    assert m["total_energy_j"] == pytest.approx(meta["energy_used_j"], rel=1e-9)
 
     meta = json.loads((budget / "study.json").read_text())
     trials = pd.read_csv(budget / "trials.csv")

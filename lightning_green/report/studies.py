@@ -45,6 +45,20 @@ def _fmt_ci(ci: tuple[float, float] | None, digits: int = 4) -> str:
     return "-" if ci is None else f"[{ci[0]:.{digits}g}, {ci[1]:.{digits}g}]"
 
 
+def trial_dynamic_j(trials: pd.DataFrame) -> pd.Series:
+    """Energy above the idle baseline each trial of a ``trials.csv`` table spent, over the same
+    windows as :func:`~lightning_green.records.trial_energy_j`: its last attempt's
+    (``total_dynamic_j``, from its records; ``dynamic_j`` in studies written without it) plus its
+    other attempts' (``other_attempts_dynamic_j``). NaN where it is unknown (no baseline); 0 for a
+    trial that spent nothing."""
+    nan = pd.Series(math.nan, index=trials.index)
+    dynamic = trials["total_dynamic_j"] if "total_dynamic_j" in trials else trials.get("dynamic_j", nan)
+    dynamic = dynamic.astype(float)
+    if "other_attempts_dynamic_j" in trials:
+        dynamic = dynamic + trials["other_attempts_dynamic_j"].astype(float)
+    return dynamic.where(dynamic.notna() | (trial_energy_j(trials) != 0), 0.0)
+
+
 def study_metrics(
     trials: pd.DataFrame,
     target: float | None = None,
@@ -66,10 +80,9 @@ def study_metrics(
         "failed": int((t["status"] == "ERROR").sum()) if "status" in t else 0,
         "best_accuracy": float(acc.max()) if ok.any() else math.nan,
         "total_energy_j": float(cum[-1]) if len(cum) else 0.0,
-        # Above the devices' idle baseline (NaN when the trials had none); CPU estimates are dynamic already.
-        "total_dynamic_energy_j": float(t["dynamic_j"].astype(float).sum(min_count=1))
-        if "dynamic_j" in t
-        else math.nan,
+        # Above the devices' idle baseline, over the windows total_energy_j covers (NaN when a
+        # trial's is unknown: no baseline); CPU estimates are dynamic already.
+        "total_dynamic_energy_j": float(trial_dynamic_j(t).sum(skipna=False)),
         "energy_to_target_j": None,
         "trials_to_target": None,
     }
@@ -134,6 +147,8 @@ def compare_table(
             "failed_trials": int(sum(m["failed"] for m in ms)),
         }
         studies_meta = (metas or {}).get(name) or []
+        if metas is not None:
+            row["interrupted_seeds"] = sum(bool(m.get("interrupted")) for m in studies_meta)
         whole = [m.get("study_energy_j") for m in studies_meta if m.get("study_energy_j") is not None]
         if whole:
             row["study_energy_j"] = float(np.mean(whole))
@@ -292,7 +307,11 @@ def write_compare(
     ref_energy: float | None,
     target_accuracy: float | None = None,
     metas: dict[str, list[dict[str, Any]]] | None = None,
+    not_run: list[str] | None = None,
 ) -> list[Path]:
+    """``compare.csv``, ``compare.md`` and the plots. A comparison with a study that was cut short
+    (``interrupted`` in its ``study.json``) or that did not run (``not_run``: "<strategy> seed <k>")
+    says so at the top of ``compare.md``: its figures are not the strategies' whole budgets."""
     table, info = compare_table(studies, target_fraction, ref_energy, target_accuracy, metas)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "compare.csv", out / "compare.md"]
@@ -305,9 +324,28 @@ def write_compare(
         if info["target_is_absolute"]
         else f"{info['target_fraction']:.0%} of the best any strategy found, {info['best_accuracy_any']:.4f}"
     )
+    cut = [
+        f"{name} seed {m.get('seed')} ({m.get('trials', 0)} trials)"
+        for name, ms in (metas or {}).items()
+        for m in ms
+        if m.get("interrupted")
+    ]
+    warning = []
+    if cut or not_run:
+        warning = [
+            "**Incomplete comparison**: "
+            + "; ".join(
+                ([f"interrupted before its end: {', '.join(cut)}"] if cut else [])
+                + ([f"not run to its end: {', '.join(not_run)}"] if not_run else [])
+            )
+            + ". Its figures do not cover every strategy's whole budget; rerun the same command with "
+            "`tune.resume=true` (same `hydra.run.dir`) to finish it.",
+            "",
+        ]
     text = [
         "# Search strategies compared",
         "",
+        *warning,
         f"Target accuracy: {info['target_accuracy']:.4f} ({how}). Hypervolume reference point: accuracy "
         f"{info['reference_point']['accuracy']}, energy {info['reference_point']['energy_j']:.1f} J. Energy source: "
         f"{'; '.join(sources)}.",
@@ -340,16 +378,21 @@ def report_compare(path: Path, out: Path | None = None) -> list[Path]:
     settings = read_json(path / "compare.json")
     studies: dict[str, list[pd.DataFrame]] = {}
     metas: dict[str, list[dict[str, Any]]] = {}
+    not_run = []
     for strategy in settings["strategies"]:
         for seed in settings["seeds"]:
             d = path / strategy / f"seed{seed}"
-            if (d / STUDY_FILE).is_file():
-                meta, trials = read_study(d)
-                studies.setdefault(strategy, []).append(trials)
-                metas.setdefault(strategy, []).append(meta)
+            meta, trials = read_study(d) if (d / STUDY_FILE).is_file() else ({}, pd.DataFrame())
+            if trials.empty:
+                not_run.append(f"{strategy} seed {seed}")
+                continue
+            studies.setdefault(strategy, []).append(trials)
+            metas.setdefault(strategy, []).append(meta)
+    if not studies:
+        raise FileNotFoundError(f"{path}: no study of the comparison has trials yet (resume it)")
     return write_compare(
         studies, Path(out) if out else path, settings["target_fraction"], settings["reference_energy_j"],
-        settings.get("target_accuracy"), metas,
+        settings.get("target_accuracy"), metas, not_run,
     )  # fmt: skip
 
 

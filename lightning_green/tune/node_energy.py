@@ -15,11 +15,14 @@ the driver's own process tree.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from typing import Any
 
 #: A node resource only the head node has (Ray >= 2.10).
 HEAD_RESOURCE = "node:__internal_head__"
+#: A Ray session folder, as a process's arguments name it.
+_SESSION = re.compile(r"(/[^\s=]*/session_[^/\s]+)/sockets/")
 
 
 class _NodeMeter:
@@ -78,15 +81,11 @@ def ray_session_processes(raylet: int) -> list[int]:
     the raylet's session folder, but not a raylet (other nodes' on this machine) or its tree."""
     import psutil
 
+    # The raylet's socket arguments name the session folder (.../session_<id>/sockets/raylet); one
+    # argument holds the whole worker command line, so the folder is matched, not split out.
     try:
-        session = next(
-            (
-                a.split("/sockets/")[0].split("=", 1)[1]
-                for a in psutil.Process(raylet).cmdline()
-                if "/sockets/" in a
-            ),
-            None,
-        )
+        found = (_SESSION.search(a) for a in psutil.Process(raylet).cmdline())
+        session = next((m.group(1) for m in found if m), None)
     except psutil.Error:
         return []
     if not session:

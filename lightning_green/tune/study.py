@@ -11,8 +11,10 @@ import math
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -274,6 +276,7 @@ def run_study(
         "started": time.time(),
         "finished": None,
     }
+    earlier: list[dict[str, Any]] = []
     if t.resume and tune.Tuner.can_restore(str(experiment)):
         # Ray restarts an interrupted trial from scratch and may replace its folder's files: keep
         # the interrupted attempts' energy records in the study folder first. Energy spent is spent.
@@ -282,6 +285,10 @@ def run_study(
         previous = read_json(out / STUDY_FILE) if (out / STUDY_FILE).is_file() else {}
         meta["started"] = previous.get("started", meta["started"])
         meta["resumed"] = True
+        # The runs before this one measured their own parts of the study; kept now, so that a
+        # run killed before it ends still leaves them in study.json.
+        earlier = earlier_parts(previous)
+        meta["parts"] = earlier
     else:
         alg, space, kw = search_setup(t.strategy, params, t, seed, base)
         scheduler = None
@@ -310,8 +317,9 @@ def run_study(
                 name=t.name,
                 storage_path=str(storage),
                 failure_config=tune.FailureConfig(max_failures=t.max_failures),
-                # Each trial writes its energy records into its working folder; Ray copies them to
-                # the trial's folder under storage_path on every report and when the trial ends.
+                # Each trial writes its energy records into its folder on the driver (trainable's
+                # records_folder), which Ray copies to storage_path; files a trial writes in its
+                # working folder are copied too.
                 sync_config=tune.SyncConfig(sync_artifacts=True),
                 stop=stop,
                 callbacks=progress,
@@ -331,9 +339,16 @@ def run_study(
         os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     t0, started = time.monotonic(), time.time()
     meter.begin_window("study")
+    # Ray replaces the Ctrl-C handler while it runs and leaves its own behind, which would
+    # swallow the next Ctrl-C (between a comparison's studies): the caller's is put back.
+    handler = (
+        signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    )
     try:
         grid = tuner.fit()
     finally:
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
         wall_s = time.monotonic() - t0
         try:
             reading = meter.end_window("study", settle=True)
@@ -344,6 +359,11 @@ def run_study(
         node_figures = nodes.end() if nodes is not None else []
     df = trials_table(grid, t.accuracy_metric, t.energy_metric)
     meta["finished"] = time.time()
+    meta["interrupted"] = was_interrupted(experiment)
+    this_run = {"started": started, "finished": meta["finished"], "wall_s": wall_s, "interrupted": meta["interrupted"]}  # fmt: skip
+    # A resumed study's seconds and energy are those of all its runs.
+    wall_s += sum(p.get("wall_s") or 0.0 for p in earlier)
+    started = next((p["started"] for p in earlier if p.get("started")), started)
     meta["wall_s"] = wall_s
     meta["trials"] = len(df)
     meta["failed"] = int((df["status"] == "ERROR").sum()) if not df.empty else 0
@@ -351,13 +371,15 @@ def run_study(
         add_savings(df, max_epochs(cfg, params))
         meta["stopped_early"] = int(df["stopped_early"].sum())
         meta["energy_saved_estimate_j"] = float(df["energy_saved_estimate_j"].sum())
-        add_attempts(df, experiment, out / ATTEMPTS_DIR)
+        add_attempts(df, experiment, out / ATTEMPTS_DIR, t.energy_metric)
         meta["other_attempts_j"] = float(df["other_attempts_j"].sum())
         meta["energy_used_j"] = float(trial_energy_j(df).sum())
         meta["trials_energy_j"] = meta["energy_used_j"] - meta["other_attempts_j"]
         meta["energy_used_covers"] = (
-            "each trial's last attempt (train, validation, test) plus the finished windows of its "
-            "interrupted or crashed attempts (other_attempts_j, from their records)"
+            "each trial's last attempt (train, validation, test; from its final report, or from its "
+            "records where it sent none: failed, stopped by a scheduler, cut by an interruption) "
+            "plus the recorded windows of its other attempts (other_attempts_j: crashed, killed or "
+            "cut attempts)"
         )
         meta["stopped_by_energy_budget"] = bool(
             t.energy_budget_j and meta["energy_used_j"] >= t.energy_budget_j
@@ -380,16 +402,35 @@ def run_study(
             meta["overhead_per_trial_after_startup_s"] = max(
                 0.0, ((wall_s - startup_s) * slots - float(df["train_s"].sum())) / len(df)
             )
-    if reading is not None:
-        add_study_energy(meta, reading, node_figures)
+    if reading is not None or earlier:
+        add_study_energy(meta, reading, node_figures, earlier, this_run)
     df.to_csv(out / TRIALS_FILE, index=False)
     write_json_atomic(out / STUDY_FILE, meta)
     return out
 
 
-def add_study_energy(meta: dict[str, Any], reading: Any, nodes: list[dict[str, Any]]) -> None:
+def add_study_energy(
+    meta: dict[str, Any],
+    reading: Any,
+    nodes: list[dict[str, Any]],
+    earlier: list[dict[str, Any]] | None = None,
+    this_run: dict[str, Any] | None = None,
+) -> None:
     """The study's energy in ``meta``: the driver's meter plus each cluster node's figure, with the
-    trials' share and the framework's (never below zero: a difference that would be is said)."""
+    trials' share and the framework's (never below zero: a difference that would be is said).
+
+    A resumed study is measured in parts, one per run (``earlier``: the parts before this one, as
+    :func:`earlier_parts` reads them; ``this_run``: this run's ``started``, ``finished``,
+    ``wall_s``, ``interrupted``). ``parts`` lists them all and ``study_energy_j`` is their sum;
+    ``reading`` is ``None`` when this run's meter failed (its part is then unknown).
+    """
+    earlier = list(earlier or [])
+    if reading is None:
+        part = {**(this_run or {}), "energy_j": None, "complete": False, "note": "the study's meter failed"}
+        _add_parts(meta, [*earlier, part])
+        meta["study_energy_covers"] = "the study's earlier runs only (see parts)"
+        _add_framework(meta)
+        return
     driver = {
         "node": "driver",
         "host": socket.gethostname(),
@@ -400,12 +441,15 @@ def add_study_energy(meta: dict[str, Any], reading: Any, nodes: list[dict[str, A
         "attribution": reading.attributions,
     }
     known = [n["energy_j"] for n in nodes if n.get("energy_j") is not None]
-    total = reading.joules + sum(known)
-    meta["study_energy_j"] = total
-    meta["study_energy_complete"] = reading.complete and all(n.get("complete") for n in nodes)
     sources = set(reading.sources.values()) | {s for n in nodes for s in n.get("sources", {}).values()}
-    meta["study_energy_source"] = "+".join(sorted(sources))
+    part = {
+        **(this_run or {}),
+        "energy_j": reading.joules + sum(known),
+        "complete": reading.complete and all(n.get("complete") for n in nodes),
+        "source": "+".join(sorted(sources)),
+    }
     meta["nodes"] = [driver, *nodes]
+    _add_parts(meta, [*earlier, part])
     covers = (
         "the node's counters over the study's span"
         if "measured" in meta["study_energy_source"]
@@ -420,7 +464,67 @@ def add_study_energy(meta: dict[str, Any], reading: Any, nodes: list[dict[str, A
         )
     if reading.attributions:
         covers += "; shared counters split by each part's share of the device's busy time"
+    if earlier:
+        measured = sum(p.get("energy_j") is not None for p in meta["parts"])
+        covers += f"; summed over the parts of the study measured by its runs ({measured} of {len(meta['parts'])}: it was resumed)"
     meta["study_energy_covers"] = covers
+    _add_framework(meta)
+
+
+def _add_parts(meta: dict[str, Any], parts: list[dict[str, Any]]) -> None:
+    """``parts`` and their sum in ``meta`` (an unmeasured part makes the sum incomplete)."""
+    meta["parts"] = parts
+    known = [p["energy_j"] for p in parts if p.get("energy_j") is not None]
+    meta["study_energy_j"] = float(sum(known))
+    meta["study_energy_complete"] = len(known) == len(parts) and all(p.get("complete") for p in parts)
+    meta["study_energy_source"] = "+".join(
+        sorted({s for p in parts for s in str(p.get("source") or "").split("+") if s})
+    )
+
+
+def earlier_parts(previous: dict[str, Any]) -> list[dict[str, Any]]:
+    """The parts of a study that its earlier runs measured, from its ``study.json`` as they left
+    it: a run that ended normally wrote its part there; one that was killed before it could (its
+    ``finished`` is unset) is a part of unknown energy, said so, never 0 J."""
+    if not previous:
+        return []
+    parts = list(previous.get("parts") or [])
+    if previous.get("finished") is None:
+        return [*parts, {"energy_j": None, "complete": False, "interrupted": True,
+                         "note": "not measured: this run of the study was killed before it wrote its energy"}]  # fmt: skip
+    if "parts" in previous:
+        return parts
+    # A study.json written before studies were measured in parts: its one run.
+    return [
+        {
+            "started": previous.get("started"),
+            "finished": previous.get("finished"),
+            "wall_s": previous.get("wall_s"),
+            "interrupted": previous.get("interrupted"),
+            "energy_j": previous.get("study_energy_j"),
+            "complete": bool(previous.get("study_energy_complete")),
+            "source": previous.get("study_energy_source"),
+        }
+    ]
+
+
+def was_interrupted(experiment: Path) -> bool:
+    """Whether Ray ended the study before its trials ended (Ctrl-C, SIGINT): Ray then returns the
+    results so far as a finished study's. Its saved state, written before it stops the trials,
+    still holds trials that were running or waiting; a study that ran to its end (or that a
+    stopper or the energy budget ended) holds only terminated and failed trials."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        trials = ExperimentAnalysis(str(experiment)).trials
+    except Exception:  # no state to read: nothing to say it was cut
+        return False
+    return any(trial.status not in ("TERMINATED", "ERROR") for trial in trials)
+
+
+def _add_framework(meta: dict[str, Any]) -> None:
+    """The framework's energy: the study's less the trials' (unknown, and said, where negative)."""
+    total = meta["study_energy_j"]
     used = meta.get("energy_used_j")
     if used is not None and total > 0:
         framework = total - used
@@ -535,24 +639,85 @@ def keep_attempts(experiment: Path, dest: Path) -> None:
         shutil.copyfile(records, target / f"{RECORDS_FILE.removesuffix('.jsonl')}-{n}.jsonl")
 
 
-def add_attempts(df: pd.DataFrame, experiment: Path, kept: Path) -> None:
-    """Add ``other_attempts_j``: per trial, the energy of windows recorded by attempts other than
-    its last (a crash retried by Ray, or an attempt cut short by an interrupted study), from the
-    trial folder's records and the copies :func:`keep_attempts` made. Windows are counted once."""
-    extra = []
-    for path in df["path"]:
+#: The stages of a fit: a trial's ``energy_j`` and ``dynamic_j`` (``total_j`` adds its test).
+FIT_STAGES = ("train", "validate", "sanity_check")
+
+
+def add_attempts(df: pd.DataFrame, experiment: Path, kept: Path, energy_metric: str = "energy_j") -> None:
+    """Complete each trial's energy from its records (the trial folder's ``energy.jsonl`` and the
+    copies :func:`keep_attempts` made; each window counted once):
+
+    - ``other_attempts_j`` / ``other_attempts_dynamic_j``: the windows of attempts other than its
+      last (a crash or kill retried by Ray, an attempt cut by an interrupted study);
+    - ``total_dynamic_j``: the dynamic energy of its last attempt's windows, test included (what
+      a comparison sums beside ``total_j``);
+    - for a trial whose final report is missing (it failed, a scheduler stopped it, the study was
+      cut): ``total_j`` and ``dynamic_j`` from its last attempt's windows, and its energy metric
+      where it reported none. Energy spent is counted whether or not Ray heard of it.
+
+    ``energy_from`` says where a trial's figures come from: ``final report``, ``records``,
+    ``last report`` (no records to read), or ``none``. The last attempt is the one that wrote
+    ``run.json``, else the one whose windows started last.
+    """
+    for column in ("energy_j", "total_j", "dynamic_j"):
+        if column not in df:
+            df[column] = math.nan
+    finished = (
+        df["finished"].fillna(False).astype(bool) if "finished" in df else pd.Series(False, index=df.index)
+    )
+    extra, extra_dynamic, total_dynamic, sources = [], [], [], []
+    for i, path in zip(df.index, df["path"], strict=True):
         folder = Path(str(path))
         files = [folder / RECORDS_FILE, *sorted((kept / folder.name).glob("*.jsonl"))]
-        seen: dict[tuple, float] = {}
+        seen: dict[tuple, Any] = {}
         for f in files:
             if f.is_file():
                 for w in read_windows(f):
-                    seen[(w.run_id, w.stage, w.epoch, w.start_time)] = w.energy_j
+                    seen[(w.run_id, w.stage, w.epoch, w.start_time)] = w
         last = read_json(folder / RUN_FILE).get("run_id") if (folder / RUN_FILE).is_file() else None
-        if last is None and seen:  # unfinished: its latest attempt is what the trial reported
-            last = max(seen, key=lambda k: k[3])[0]
-        extra.append(sum(j for (run_id, *_), j in seen.items() if run_id != last))
+        if last is None and seen:
+            last = max(seen.values(), key=lambda w: w.start_time).run_id
+        mine = [w for w in seen.values() if w.run_id == last]
+        others = [w for w in seen.values() if w.run_id != last]
+        extra.append(sum(w.energy_j for w in others))
+        extra_dynamic.append(_dynamic_j(others))
+        total_dynamic.append(_dynamic_j(mine) if mine else df.at[i, "dynamic_j"])
+        if finished[i]:
+            sources.append("final report")
+        elif mine:
+            fit = [w for w in mine if w.stage in FIT_STAGES]
+            df.at[i, "total_j"] = sum(w.energy_j for w in mine)
+            df.at[i, "dynamic_j"] = _dynamic_j(fit)
+            if pd.isna(df.at[i, "energy_j"]):
+                df.at[i, "energy_j"] = _metric_from_windows(energy_metric, mine)
+            sources.append("records")
+        else:
+            sources.append("none" if pd.isna(df.at[i, "energy_j"]) else "last report")
     df["other_attempts_j"] = extra
+    df["other_attempts_dynamic_j"] = pd.Series(extra_dynamic, index=df.index, dtype=float)
+    df["total_dynamic_j"] = pd.Series(total_dynamic, index=df.index, dtype=float)
+    df["energy_from"] = sources
+
+
+def _dynamic_j(windows: list) -> float | None:
+    """Dynamic energy of ``windows`` (0 for none); ``None`` when a window has none (no baseline)."""
+    if any(w.dynamic_j is None for w in windows):
+        return None
+    return float(sum(w.dynamic_j for w in windows))
+
+
+def _metric_from_windows(metric: str, windows: list) -> float:
+    """A trial's energy metric (what it reports every epoch) recomputed from its windows."""
+    fit = [w for w in windows if w.stage in FIT_STAGES]
+    if metric == "total_j":
+        return float(sum(w.energy_j for w in windows))
+    if metric == "train_epoch_j":
+        train = [w for w in fit if w.stage == "train"]
+        return float(max(train, key=lambda w: w.start_time).energy_j) if train else math.nan
+    if metric == "dynamic_j":
+        dynamic = _dynamic_j(fit)
+        return math.nan if dynamic is None else dynamic
+    return float(sum(w.energy_j for w in fit))
 
 
 def _creation_index(trial_id: str, path: str) -> float:

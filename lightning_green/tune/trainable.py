@@ -21,6 +21,25 @@ FINAL_METRICS = ("test_acc", "total_j", "dynamic_j")
 REPORTED_METRICS = (*EPOCH_METRICS, *FINAL_METRICS)
 
 
+def records_folder() -> str:
+    """The folder of this trial's energy records: one folder for every attempt of the trial.
+
+    Ray's ``get_trial_dir()`` names the driver's staging folder of the trial in a fresh worker but
+    the trial's working folder in a reused one (``reuse_actors``); a retried attempt may run in
+    either, and Ray copies both folders into the trial's storage folder, so one attempt's
+    ``energy.jsonl`` would replace the other's there. The staging folder is what every fresh worker
+    gets and what the driver copies to storage until the study ends.
+    """
+    import ray
+
+    try:
+        from ray.train._internal.session import get_session
+
+        return str(get_session().storage.trial_driver_staging_path)
+    except Exception:  # another Ray layout: its own trial folder
+        return ray.tune.get_context().get_trial_dir()
+
+
 def train_trial(config: dict[str, Any], base: dict[str, Any], cpus_per_trial: int = 1) -> None:
     """Apply the trial's parameters to the base config, train, and report every epoch and at the end."""
     import ray
@@ -34,7 +53,7 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], cpus_per_trial: in
         cfg.threads = max(1, int(cpus_per_trial))
     for key, value in flatten(config).items():
         OmegaConf.update(cfg, key, value, force_add=False)
-    cfg.output_dir = ray.tune.get_context().get_trial_dir()
+    cfg.output_dir = records_folder()
     cfg.logger = None  # Ray records the results; the energy records go to the trial folder
     report = TuneReportCheckpointCallback(metrics=EPOCH_METRICS, save_checkpoints=False, on="train_epoch_end")
     record = run_training(cfg, extra_callbacks=[report])
