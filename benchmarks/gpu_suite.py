@@ -253,13 +253,9 @@ class Reader:
 
     def union_joules(self, spans: list[tuple[float, float]]) -> float:
         """Energy over the union of spans (overlaps counted once)."""
-        merged: list[list[float]] = []
-        for s, e in sorted(spans):
-            if merged and s <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], e)
-            else:
-                merged.append([s, e])
-        return sum(self.joules(s, e) for s, e in merged)
+        from lightning_green.testing import merge_spans
+
+        return sum(self.joules(s, e) for s, e in merge_spans(spans))
 
     def stats(self) -> dict[str, Any]:
         """Reads, time per read, and how often the counter's value changed (its update period)."""

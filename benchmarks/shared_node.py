@@ -91,17 +91,6 @@ def figures(out: Path, rapl: EmulatedRapl) -> dict:
     }
 
 
-def union_joules(rapl: EmulatedRapl, spans: list[tuple[float, float]]) -> float:
-    """Node energy over the union of windows (overlaps counted once)."""
-    merged: list[list[float]] = []
-    for s, e in sorted(spans):
-        if merged and s <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], e)
-        else:
-            merged.append([s, e])
-    return sum(rapl.joules_between(s, e) for s, e in merged)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=6)
@@ -159,7 +148,7 @@ def main() -> None:
         node = rapl.joules_between(
             min(f["start"] for f in figs.values()), max(f["end"] for f in figs.values())
         )
-        union = union_joules(rapl, [w for f in figs.values() for w in f["windows"]])
+        union = rapl.joules_over([w for f in figs.values() for w in f["windows"]])
         res.setdefault("together_ratio", {})[attribution] = claimed / node
         res.setdefault("together_ratio_union", {})[attribution] = claimed / union
         lines.append(

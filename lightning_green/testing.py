@@ -36,7 +36,7 @@ from types import TracebackType
 
 from lightning_green.energy.attribution import _CLK_TCK
 
-__all__ = ["EmulatedRapl"]
+__all__ = ["EmulatedRapl", "merge_spans"]
 
 
 class EmulatedRapl:
@@ -112,6 +112,10 @@ class EmulatedRapl:
             raise ValueError("EmulatedRapl(history=True) keeps the history this needs")
         return _at(self.history, end) - _at(self.history, start)
 
+    def joules_over(self, spans: list[tuple[float, float]]) -> float:
+        """The package's energy over the union of ``spans`` (unix times; overlaps counted once)."""
+        return sum(self.joules_between(s, e) for s, e in merge_spans(spans))
+
     def close(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
@@ -127,6 +131,22 @@ class EmulatedRapl:
         self, typ: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def merge_spans(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Time spans with overlaps joined: the union of windows, for a node's energy over several
+    jobs' windows (an overlap counted once).
+
+    >>> merge_spans([(0, 2), (1, 3), (5, 6)])
+    [(0, 3), (5, 6)]
+    """
+    merged: list[list[float]] = []
+    for s, e in sorted(spans):
+        if merged and s <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    return [(s, e) for s, e in merged]
 
 
 def _at(history: list[tuple[float, float]], t: float) -> float:

@@ -196,16 +196,6 @@ JOB = textwrap.dedent("""
 """)
 
 
-def _union_joules(rapl: EmulatedRapl, spans: list[tuple[float, float]]) -> float:
-    merged: list[list[float]] = []
-    for s, e in sorted(spans):
-        if merged and s <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], e)
-        else:
-            merged.append([s, e])
-    return sum(rapl.joules_between(s, e) for s, e in merged)
-
-
 @pytest.mark.slow
 def test_two_concurrent_trainings_on_one_package_never_claim_more_than_it_used(tmp_path: Path):
     with EmulatedRapl(tmp_path / "powercap", idle_w=10.0, watts_per_core=15.0, history=True) as rapl:
@@ -241,7 +231,7 @@ def test_two_concurrent_trainings_on_one_package_never_claim_more_than_it_used(t
             runs[attribution] = [read_windows(tmp_path / f"{attribution}{i}") for i in range(2)]
     for attribution, (a, b) in runs.items():
         claimed = sum(w.energy_j for w in (*a, *b))
-        node = _union_joules(rapl, [(w.start_time, w.end_time) for w in (*a, *b)])
+        node = rapl.joules_over([(w.start_time, w.end_time) for w in (*a, *b)])
         overlap = min(max(w.end_time for w in a), max(w.end_time for w in b)) - max(
             min(w.start_time for w in a), min(w.start_time for w in b)
         )
