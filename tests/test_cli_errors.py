@@ -73,9 +73,13 @@ def test_report_counts_each_runs_own_energy_in_a_shared_folder(tmp_path: Path, c
     r = cli("report", str(run), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     with open(run / "summary.csv") as f:
-        (row,) = list(csv.DictReader(f))
+        row, other = list(csv.DictReader(f))
     assert float(row["energy_j"]) == pytest.approx(rec.energy_j, rel=1e-6)
     assert float(row["total_j"]) == pytest.approx(rec.total_j, rel=1e-6)
+    # The first run's run.json was overwritten; its energy is still in the report, from its records.
+    first = [w for w in read_windows(run) if w.run_id != rec.run_id]
+    assert other["status"].startswith("partial: another run's run.json")
+    assert float(other["total_j"]) == pytest.approx(sum(w.energy_j for w in first), rel=1e-6)
 
     # Damaged folders, through the report command's own entry point (in-process: faster).
     lines = (run / "energy.jsonl").read_text().splitlines()

@@ -33,6 +33,8 @@ COLUMNS = [
 LOADED_CORES = 0.25
 #: ``status`` of a run with ``energy.jsonl`` but no ``run.json``: it crashed or was interrupted.
 PARTIAL = "partial: no run.json (crashed or interrupted); energy from its records"
+#: ``status`` of a run whose folder's ``run.json`` is another run's (two trainings, one folder).
+SHARED = "partial: another run's run.json in its folder; energy from its records"
 
 
 def _parse_override(text: str) -> tuple[str, str] | None:
@@ -86,6 +88,8 @@ def load_runs(root: str | Path) -> pd.DataFrame:
             other_cpu_cores=rec.machine.get("other_cpu_cores"),
         )
         rows.append(row)
+        # Another training into the same folder: its run.json was overwritten, its energy was not.
+        rows += _partial_rows(root, path, skip=frozenset(lineage), status=SHARED)
     finished = {p.parent for p in root.rglob(RUN_FILE)}
     for path in sorted({p.parent for p in root.rglob(RECORDS_FILE)} - finished):
         rows += _partial_rows(root, path)
@@ -119,14 +123,17 @@ def load_records(path: str | Path, kind: str = "window") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _partial_rows(root: Path, path: Path) -> list[dict[str, object]]:
-    """Rows for a folder whose runs never wrote ``run.json``: one per run in its records, energy
-    from its windows (the unfinished window's figure included as recorded), overrides from Hydra's
-    ``.hydra/overrides.yaml`` where it exists."""
-    windows = [w for w in read_windows(path) if w.stage != "layer"]
+def _partial_rows(
+    root: Path, path: Path, skip: frozenset[str] = frozenset(), status: str = PARTIAL
+) -> list[dict[str, object]]:
+    """Rows for the runs of a folder that have no ``run.json`` of their own: one per run in its
+    records (except the ``skip`` ids), energy from its windows (the unfinished window's figure
+    included as recorded), overrides from Hydra's ``.hydra/overrides.yaml`` where it exists (not
+    for runs beside a finished one, whose overrides were another run's)."""
+    windows = [w for w in read_windows(path) if w.stage != "layer" and w.run_id not in skip]
     overrides: dict[str, object] = {}
     hydra_file = path / ".hydra" / "overrides.yaml"
-    if hydra_file.is_file():
+    if hydra_file.is_file() and not skip:
         import yaml
 
         for ov in yaml.safe_load(hydra_file.read_text()) or []:
@@ -142,8 +149,8 @@ def _partial_rows(root: Path, path: Path) -> list[dict[str, object]]:
         dynamic = [w.dynamic_j for w in fit]
         name = str(path.relative_to(root)) if path != root else "."
         rows.append({
-            "run": name if len(run_ids) == 1 else f"{name}#{run_id}", **overrides,
-            "status": PARTIAL, "test_acc": None, "val_acc": None, "energy_j": fit_j,
+            "run": name if len(run_ids) == 1 and not skip else f"{name}#{run_id}", **overrides,
+            "status": status, "test_acc": None, "val_acc": None, "energy_j": fit_j,
             "dynamic_j": float(sum(dynamic)) if fit and all(d is not None for d in dynamic) else float("nan"),
             "energy_kwh": fit_j / JOULES_PER_KWH, "total_j": sum(w.energy_j for w in mine), "co2e_g": None,
             "seconds": sum(w.seconds for w in mine), "train_seconds": sum(w.seconds for w in mine if w.stage == "train"),
@@ -235,7 +242,8 @@ def write_tables(df: pd.DataFrame, out: Path, effects: pd.DataFrame | None) -> l
     factors = swept_factors(df)
     if (df["status"] != "finished").any():
         text.append(
-            "Runs marked partial have no run.json (they crashed or were interrupted); they are left out of main effects."
+            "Runs marked partial have no run.json of their own (they crashed or were interrupted, or another training "
+            "into the same folder wrote over it); their energy comes from their records, and they are left out of main effects."
         )
     if factors and (effects is None or effects.empty):
         text.append(
