@@ -65,9 +65,9 @@ _CARBON = Key(
     "WORLD is 475 g/kWh",
 )
 _THREADS = Key(
-    "threads", "N", "null",
-    "CPU threads PyTorch computes with; null: PyTorch's default (every core). Pin it (threads=1) "
-    "where runs are compared",
+    "threads", "N", "1",
+    "CPU threads PyTorch computes with; null: PyTorch's default (every core). One keeps the CPU-time "
+    "estimate from moving with other load; compare runs with the same threads",
 )
 _SEED = Key("seed", "N", "0", "seeds the model, the data split and the loaders")
 
