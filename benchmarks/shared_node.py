@@ -7,6 +7,10 @@ this machine's real CPU use, updated every 10 ms) is read by trainings with
 1. each of two jobs (A: conv_layers=1, B: conv_layers=3) alone, with attribution="auto";
 2. both at once, with attribution="auto" and with attribution="device" (the whole package each).
 
+Each job measures the default idle baseline at set-up (2 s: the idle watts, and the node's
+background CPU that the jobs' split leaves out); the jobs start training together once both have
+imported and set up, as trials started by one scheduler would.
+
 Printed: the jobs' energies together over the node counter across the span of their windows
 (target [0.90, 1.05]; "device" shows the double counting), each job's attributed dynamic energy
 under contention against its dynamic energy alone (target within 15%), and a lone job's attributed
@@ -37,9 +41,9 @@ from lightning import Trainer
 from lightning_green import EnergyMonitor
 from lightning_green.data import DigitsDataModule
 from lightning_green.models import LitClassifier, SimpleCNN
-root, out, conv, epochs, attribution, idle = sys.argv[1:7]
-monitor = EnergyMonitor(backend="rapl", rapl_root=root, output_dir=out, attribution=attribution, sync_reads=True,
-                        idle_w={"cpu:0": float(idle)})
+root, out, conv, epochs, attribution = sys.argv[1:6]
+# The default idle baseline (2 s, measured at set-up): it gives the idle watts and the node's background CPU.
+monitor = EnergyMonitor(backend="rapl", rapl_root=root, output_dir=out, attribution=attribution, sync_reads=True)
 trainer = Trainer(max_epochs=int(epochs), callbacks=[monitor], logger=False, enable_progress_bar=False,
                   enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0)
 open(out + ".ready", "w").close()  # imports and set-up done: wait to start training together
@@ -49,8 +53,8 @@ trainer.fit(LitClassifier(SimpleCNN(conv_layers=int(conv))), datamodule=DigitsDa
 """
 
 
-def start(root: Path, out: Path, conv: int, epochs: int, attribution: str, idle_w: float) -> subprocess.Popen:
-    args = [sys.executable, "-c", JOB, str(root), str(out), str(conv), str(epochs), attribution, str(idle_w)]
+def start(root: Path, out: Path, conv: int, epochs: int, attribution: str) -> subprocess.Popen:
+    args = [sys.executable, "-c", JOB, str(root), str(out), str(conv), str(epochs), attribution]
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -88,6 +92,7 @@ def figures(out: Path, rapl: EmulatedRapl) -> dict:
         "seconds": sum(w.seconds for w in windows),
         "share_mean": summary["total_j"] / summary["total_node_j"] if summary["total_node_j"] else None,
         "attribution": windows[0].attribution,
+        "baseline": summary["idle_baseline"],
     }
 
 
@@ -115,16 +120,16 @@ def main() -> None:
         for name, conv in jobs.items():
             out = work / f"alone_{name}"
             (work / "go").unlink(missing_ok=True)
-            proc = start(rapl.root, out, conv, args.epochs, "auto", idle_w)
+            proc = start(rapl.root, out, conv, args.epochs, "auto")
             release(work, {name: proc}, {name: out})
             finish(proc)
             alone[name] = figures(out, rapl)
         together = {}
         for attribution in ("auto", "device"):
-            procs = {
-                n: start(rapl.root, work / f"{attribution}_{n}", c, args.epochs, attribution, idle_w)
-                for n, c in jobs.items()
-            }
+            (work / "go").unlink(missing_ok=True)
+            outs = {n: work / f"{attribution}_{n}" for n in jobs}
+            procs = {n: start(rapl.root, outs[n], c, args.epochs, attribution) for n, c in jobs.items()}
+            release(work, procs, outs)
             for p in procs.values():
                 finish(p)
             together[attribution] = {n: figures(work / f"{attribution}_{n}", rapl) for n in jobs}

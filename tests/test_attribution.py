@@ -22,20 +22,23 @@ from lightning_green.energy.attribution import (
     job_cpu_clock,
     node_busy_seconds,
 )
-from lightning_green.energy.baseline import IdleBaseline, apply_baseline
+from lightning_green.energy.baseline import IdleBaseline, apply_baseline, measure_idle
 from lightning_green.energy.reading import DomainEnergy, Reading, merge_readings
 from lightning_green.records import WindowRecord, read_summary, read_windows
 from lightning_green.testing import EmulatedRapl
 
 
 class Clocks:
-    """The job's and the node's busy CPU seconds, set by the test."""
+    """The job's and the node's busy CPU seconds and the wall clock, set by the test."""
 
     def __init__(self) -> None:
-        self.job, self.node = 0.0, 0.0
+        self.job, self.node, self.wall = 0.0, 0.0, 0.0
 
     def split(self) -> CpuTimeShare:
-        return CpuTimeShare(lambda: self.job, lambda: self.node, job="test job")
+        return CpuTimeShare(lambda: self.job, lambda: self.node, job="test job", wall=lambda: self.wall)
+
+    def advance(self, job: float, node: float, wall: float) -> None:
+        self.job, self.node, self.wall = self.job + job, self.node + node, self.wall + wall
 
 
 def test_cpu_time_share_is_the_jobs_cpu_over_the_nodes_busy_cpu():
@@ -66,6 +69,39 @@ def test_a_window_too_short_for_proc_stat_takes_the_latest_resolved_share_and_sa
     c.job, c.node = c.job + 0.01, c.node + 0.05
     share = split.share(before, split.snapshot())
     assert (share.value, share.method) == (pytest.approx(0.9), "attributed:cpu-time-share(recent)")
+
+
+def test_the_nodes_background_from_the_idle_baseline_is_not_shared_by_the_jobs():
+    """A quiet node's daemons keep 0.05 cores busy: their power is in the idle watts already, so a
+    lone job is charged the whole package, and two jobs split it in two (not in 2.1 parts)."""
+    lone, c = Clocks(), Clocks()
+    for clocks in (lone, c):
+        clocks.advance(job=0.0, node=0.1, wall=2.0)  # the idle baseline: only the background is busy
+    split, unlearnt = c.split(), c.split()
+    before = split.snapshot()
+    c.advance(job=0.0, node=0.1, wall=2.0)
+    assert "0.050 cores" in split.calibrate(before, split.snapshot())
+    assert split.background_cores == pytest.approx(0.05)
+    before = split.snapshot()
+    c.advance(job=1.0, node=1.05, wall=1.0)  # alone: the job and the background
+    assert split.share(before, split.snapshot()).value == pytest.approx(1.0)
+    assert unlearnt.share(before, c.split().snapshot()).value == pytest.approx(1.0 / 1.05)
+    before = split.snapshot()
+    c.advance(job=0.8, node=1.65, wall=1.0)  # beside another job of 0.8 cores: half each
+    assert split.share(before, split.snapshot()).value == pytest.approx(0.5)
+    assert "0.050 cores" in split.describe()
+
+
+def test_a_busy_idle_baseline_is_another_jobs_work_and_is_not_learnt_as_background():
+    c = Clocks()
+    split = c.split()
+    before = split.snapshot()
+    c.advance(job=0.0, node=1.0, wall=2.0)  # another trial trained through our baseline: 0.5 cores
+    note = split.calibrate(before, split.snapshot())
+    assert note.startswith("not learnt: 0.50 busy cores") and split.background_cores == 0.0
+    before = split.snapshot()
+    c.advance(job=1.0, node=2.0, wall=1.0)
+    assert split.share(before, split.snapshot()).value == pytest.approx(0.5)  # it keeps its share
 
 
 def test_a_quiet_node_charges_the_whole_package_to_the_job():
@@ -263,6 +299,21 @@ def test_a_lone_window_on_the_emulated_package_is_nearly_all_the_jobs(tmp_path: 
     cpu = r.domains[0]
     assert cpu.attribution == "attributed:cpu-time-share" and cpu.node_joules > 0
     assert 0.0 < cpu.share <= 1.0 and cpu.joules == pytest.approx(cpu.share * cpu.node_joules)
+
+
+def test_the_idle_baseline_teaches_the_split_the_nodes_background(tmp_path: Path):
+    with EmulatedRapl(tmp_path / "powercap", idle_w=10.0, watts_per_core=15.0) as rapl:
+        meter = make_meter("rapl", rapl_root=rapl.root, attribution="auto")
+        try:
+            meter.start()
+            baseline = measure_idle(meter, 0.3)
+        finally:
+            meter.close()
+    assert baseline.watts["cpu:0"] > 0
+    (background,) = baseline.background
+    assert background.startswith("cpu+dram background: ") and "idle baseline" in background
+    assert baseline.to_dict()["background"] == [background]
+    assert background.split(": ", 1)[1] in meter.assumptions["attribution"]["cpu+dram"]
 
 
 def test_emulated_rapl_follows_cpu_use(tmp_path: Path):

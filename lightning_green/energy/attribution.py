@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -142,10 +143,17 @@ def job_cpu_clock(
 class CpuTimeShare:
     """The job's share of the node's CPU packages and DRAM: its CPU time over the node's busy CPU time.
 
+    The node's *background* (the busy CPU of a quiet node: kernel threads, agents, a shell) is
+    learnt from the idle baseline (:meth:`calibrate`) and left out of the busy time the jobs
+    share: its power is part of the idle watts already, and a job alone on a node is charged the
+    whole package, not the package less what the node's own daemons happened to use. A background
+    above :func:`max_background_cores` is another job's work, not the node's: it is not learnt.
+
     Args:
         job_seconds: The job's CPU seconds so far (default: :func:`job_cpu_clock`).
         node_seconds: The node's busy CPU seconds so far (default: ``/proc/stat``).
         job: What ``job_seconds`` counts, for the records.
+        wall: Seconds of a monotonic clock (for the background's CPU seconds in a window).
 
     Raises:
         OSError: If ``/proc/stat`` (or the given clocks) cannot be read.
@@ -156,37 +164,76 @@ class CpuTimeShare:
         job_seconds: Callable[[], float] | None = None,
         node_seconds: Callable[[], float] = node_busy_seconds,
         job: str | None = None,
+        wall: Callable[[], float] = time.monotonic,
     ) -> None:
         if job_seconds is None:
             job_seconds, job = job_cpu_clock()
-        self._job, self._node = job_seconds, node_seconds
+        self._job, self._node, self._wall = job_seconds, node_seconds, wall
         self.job = job or "the job"
+        #: Busy CPU cores of the quiet node, left out of the busy time jobs share (0: none known).
+        self.background_cores = 0.0
+        self.background_note = "not measured (no idle baseline): the jobs share all the node's busy time"
         self._recent: float | None = None
         self._start = self.snapshot()  # fails here, not mid-run, where /proc/stat is unreadable
 
-    def snapshot(self) -> tuple[float, float]:
-        return self._job(), self._node()
+    def snapshot(self) -> tuple[float, float, float]:
+        return self._job(), self._node(), self._wall()
 
     def describe(self) -> str:
-        return f"CPU time of {self.job} over the node's busy CPU time (/proc/stat)"
+        return (
+            f"CPU time of {self.job} over the node's busy CPU time (/proc/stat) less the node's "
+            f"background, {self.background_note}"
+        )
 
-    def share(self, before: tuple[float, float], after: tuple[float, float]) -> Share:
+    def calibrate(self, before: Sequence[float], after: Sequence[float]) -> str:
+        """Learn the node's background from an idle window of this job (its idle baseline).
+
+        Returns what was learnt, for the records; a rate above :func:`max_background_cores` is
+        not learnt (another job was running: it keeps its own share).
+        """
+        seconds = after[2] - before[2]
+        if seconds <= 0:
+            return self.background_note
+        cores = max(0.0, (after[1] - before[1]) - (after[0] - before[0])) / seconds
+        limit = max_background_cores()
+        if cores > limit:
+            self.background_note = (
+                f"not learnt: {cores:.2f} busy cores of other processes during the idle baseline "
+                f"(above {limit:.2f}: another job's work, which keeps its share)"
+            )
+        else:
+            self.background_cores = cores
+            self.background_note = f"{cores:.3f} cores, measured over the {seconds:.1f} s idle baseline"
+        self._recent = None  # a share resolved before the background was known
+        return self.background_note
+
+    def share(self, before: Sequence[float], after: Sequence[float]) -> Share:
         job, node = after[0] - before[0], after[1] - before[1]
+        seconds = after[2] - before[2] if len(before) > 2 and len(after) > 2 else 0.0
         method = "attributed:cpu-time-share"
         if node >= MIN_RESOLVED_BUSY_S:
-            self._recent = self._of(job, node)
+            self._recent = self._of(job, node, seconds)
             return Share(self._recent, method)
         if self._recent is not None:
             # Too short for /proc/stat's ticks: the share of the latest window that was long enough
             # (not the share since the start, which holds the wait before training began).
             return Share(self._recent, method + "(recent)")
-        return Share(self._of(after[0] - self._start[0], after[1] - self._start[1]), method + "(run)")
+        start = self._start
+        since = after[2] - start[2] if len(after) > 2 else 0.0
+        return Share(self._of(after[0] - start[0], after[1] - start[1], since), method + "(run)")
 
-    @staticmethod
-    def _of(job: float, node: float) -> float:
-        if node <= 0:
+    def _of(self, job: float, node: float, seconds: float) -> float:
+        # The others' busy time, less the node's background over the window (never below zero).
+        others = max(0.0, node - job - self.background_cores * max(0.0, seconds))
+        if job + others <= 0:
             return 1.0  # nothing was busy: nobody else used the package either
-        return min(1.0, max(0.0, job / node))
+        return min(1.0, max(0.0, job / (job + others)))
+
+
+def max_background_cores() -> float:
+    """Busy cores of other processes in an idle baseline still taken as the node's own background:
+    a quarter of a core, or 2% of the node's cores on a large node."""
+    return max(0.25, 0.02 * (os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
@@ -215,6 +262,16 @@ class Attribution:
 
     def snapshot(self) -> list[Any]:
         return [s.source.snapshot() for s in self.splits]
+
+    def calibrate(self, before: list[Any], after: list[Any]) -> list[str]:
+        """Let each share source that learns from an idle window (the node's background CPU)
+        learn from this one; returns what each learnt."""
+        out = []
+        for split, b, a in zip(self.splits, before, after, strict=True):
+            calibrate = getattr(split.source, "calibrate", None)
+            if calibrate is not None:
+                out.append(f"{'+'.join(split.domains)} background: {calibrate(b, a)}")
+        return out
 
     def apply(
         self, domains: Sequence[DomainEnergy], before: list[Any], after: list[Any]

@@ -34,15 +34,24 @@ class IdleBaseline:
         how: ``"measured: ..."`` or ``"given by the user"``.
         seconds: Length of the idle window (0 when given).
         busy: Why the device may not have been idle during the window (empty: nothing seen).
+        background: What shared counters' splits learnt from the window (the node's background
+            CPU, see :meth:`~lightning_green.energy.attribution.CpuTimeShare.calibrate`).
     """
 
     watts: dict[str, float]
     how: str
     seconds: float = 0.0
     busy: list[str] = field(default_factory=list)
+    background: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"watts": dict(self.watts), "how": self.how, "seconds": self.seconds, "busy": list(self.busy)}
+        return {
+            "watts": dict(self.watts),
+            "how": self.how,
+            "seconds": self.seconds,
+            "busy": list(self.busy),
+            "background": list(self.background),
+        }
 
 
 def given_baseline(idle_w: dict[str, float]) -> IdleBaseline:
@@ -69,10 +78,14 @@ def measure_idle(meter: Meter, seconds: float) -> IdleBaseline:
     into ``busy``.
     """
     check_number("baseline_s", seconds, above=0.0, unit="seconds")
+    attribution = getattr(meter, "attribution", None)  # a SelectedMeter's splits of shared counters
+    before = attribution.snapshot() if attribution is not None else None
     meter.begin_window(_WINDOW)  # synchronises the devices: nothing of ours is running
     time.sleep(seconds)
     busy = meter.busy()
     reading = meter.end_window(_WINDOW, settle=True)
+    # The node's own background CPU in the window: left out of the busy time jobs share later.
+    background = attribution.calibrate(before, attribution.snapshot()) if attribution is not None else []
     # The device's idle power, not this job's share of it (a split counter keeps both).
     watts = {
         d.key: d.device_joules / reading.seconds
@@ -83,7 +96,11 @@ def measure_idle(meter: Meter, seconds: float) -> IdleBaseline:
         and reading.seconds > 0
     }
     return IdleBaseline(
-        watts, f"measured: a {reading.seconds:.2f} s idle window before training", reading.seconds, busy
+        watts,
+        f"measured: a {reading.seconds:.2f} s idle window before training",
+        reading.seconds,
+        busy,
+        background,
     )
 
 
