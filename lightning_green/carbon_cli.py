@@ -1,6 +1,6 @@
 """``lightning-green carbon [QUERY ...]``: grid carbon intensity by place, from the packaged table.
 
-A command of its own (not in :mod:`lightning_green.energy.grid`, which only reads the table) that
+A command of its own (not in :mod:`lightning_green.carbon.places`, which only reads the table) that
 imports neither Lightning nor torch, so a lookup answers at once.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lightning_green.energy.grid import table
+from lightning_green.carbon.places import TABLE_PATH, table
 
-NOTICE = "lightning_green/energy/data/NOTICE.md"
+NOTICE = f"lightning_green/{TABLE_PATH.rsplit('/', 1)[0]}/NOTICE.md"
 
 
 def build_parser() -> argparse.ArgumentParser:

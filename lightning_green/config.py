@@ -1,191 +1,51 @@
 """Structured-config schemas for the Hydra tree in ``conf/``, and building objects from a config.
 
 Each YAML choice extends a schema registered here (``defaults: [cnn_schema]``), so a value of the
-wrong type fails at composition with its key named. Range checks live in the constructors; this
+wrong type fails at composition with its key named. The ``energy`` node alone is open to keys it
+does not have: :func:`check_energy_keys` refuses them in one line, naming the new key of one that
+moved to its callback's own file (``conf/callbacks/``). Range checks live in the constructors; this
 module re-raises their errors prefixed with the config group (``model.conv_layers must be ...``),
 before any training starts.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import errno
 import functools
 import os
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from lightning_green._checks import UserInputError
-from lightning_green.energy import DEFAULT_WATTS_PER_CORE, MeterUnavailableError
-from lightning_green.energy.carbon import DEFAULT_CARBON_INTENSITY, DEFAULT_PUE
-from lightning_green.energy.rapl import DEFAULT_ROOT as DEFAULT_RAPL_ROOT
+from lightning_green.config_schema import (
+    AdamSchema,
+    BaseConfig,
+    CNNSchema,
+    DenseSchema,
+    DigitsSchema,
+    EnergySchema,
+    PathsSchema,
+    ProfilerSchema,
+    SyntheticSchema,
+    TorchvisionDataSchema,
+    TorchvisionModelSchema,
+    TrainerSchema,
+    TransformerSchema,
+)
+from lightning_green.energy import MeterUnavailableError
 
 CONF_DIR = Path(__file__).parent / "conf"
 
 
 class ConfigError(UserInputError):
     """A config value is invalid; the message names its key and the allowed values."""
-
-
-@dataclass
-class CNNSchema:
-    _target_: str = "lightning_green.models.SimpleCNN"
-    conv_layers: int = 2
-    linear_layers: int = 2
-    base_channels: int | None = None
-    hidden_units: int = 64
-    activation: str = "relu"
-    batchnorm: bool = True
-    pooling: bool = True
-
-
-@dataclass
-class DenseSchema:
-    _target_: str = "lightning_green.models.DenseNet"
-    hidden_layers: int = 3
-    width: int = 256
-    shape: str = "linear"
-    activation: str = "relu"
-
-
-@dataclass
-class TransformerSchema:
-    _target_: str = "lightning_green.models.TransformerClassifier"
-    depth: int = 4
-    width: int = 64
-    heads: int = 4
-    patch: int = 0
-    dropout: float = 0.0
-
-
-@dataclass
-class TorchvisionModelSchema:
-    _target_: str = "lightning_green.models.torchvision_model"
-    name: str = "resnet18"
-
-
-@dataclass
-class _DataSchema:
-    batch_size: int = 64
-    num_workers: int = 0
-    seed: int = "${seed}"  # type: ignore[assignment]
-
-
-@dataclass
-class DigitsSchema(_DataSchema):
-    _target_: str = "lightning_green.data.DigitsDataModule"
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-
-
-@dataclass
-class TorchvisionDataSchema(_DataSchema):
-    _target_: str = "lightning_green.data.TorchvisionDataModule"
-    name: str = MISSING
-    data_dir: str = "data"
-    download: bool = False
-    val_fraction: float = 0.1
-
-
-@dataclass
-class SyntheticSchema(_DataSchema):
-    _target_: str = "lightning_green.data.SyntheticDataModule"
-    samples: int = 1024
-    in_channels: int = 1
-    image_size: int = 8
-    num_classes: int = 10
-
-
-@dataclass
-class TrainerSchema:
-    _target_: str = "lightning.pytorch.Trainer"
-    accelerator: str = "cpu"
-    devices: Any = 1
-    strategy: str = "auto"
-    num_nodes: int = 1
-    precision: Any = "32-true"
-    max_epochs: int = 5
-    max_steps: int = -1
-    limit_train_batches: Any = None
-    limit_val_batches: Any = None
-    limit_test_batches: Any = None
-    val_check_interval: Any = None
-    check_val_every_n_epoch: int = 1
-    num_sanity_val_steps: int = 2
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: float | None = None
-    log_every_n_steps: int = 10
-    deterministic: bool = False
-    enable_progress_bar: bool = False
-    enable_model_summary: bool = False
-
-
-@dataclass
-class AdamSchema:
-    lr: float = 1e-3
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-
-
-@dataclass
-class EnergySchema:
-    backend: str = "auto"
-    attribution: str = "auto"
-    carbon_intensity: Any = DEFAULT_CARBON_INTENSITY
-    carbon_live: str | None = None
-    carbon_live_url: str | None = None
-    carbon_intensity_g_per_kwh: float | None = None  # deprecated: carbon_intensity
-    pue: float = DEFAULT_PUE
-    watts_per_core: float = DEFAULT_WATTS_PER_CORE
-    rapl_root: str = DEFAULT_RAPL_ROOT
-    sync_reads: bool = False
-    baseline_s: float = 2.0
-    idle_w: Any = None
-    budget_j: float | None = None
-    budget_check: str = "spent"
-    budget_on_exceed: str = "stop"
-    stop_gain_per_kj: float | None = None
-    stop_monitor: str = "val_acc"
-    stop_mode: str = "max"
-    stop_patience: int = 3
-    profile_layers: bool = False
-
-
-@dataclass
-class ProfilerSchema:
-    """LayerEnergyProfiler's settings; ``callbacks/layer_profiler.yaml`` builds it from them."""
-
-    warmup_steps: int = 5
-    profile_steps: int = 3
-    every_n_steps: int | None = 500
-    mode: str = "allocate"
-    replay_window_s: float = 2.0
-    clock: str = "auto"
-
-
-@dataclass
-class BaseConfig:
-    model: Any = MISSING
-    data: Any = MISSING
-    trainer: Any = MISSING
-    optimizer: Any = MISSING
-    energy: Any = MISSING
-    logger: Any = None
-    profiler: Any = MISSING
-    callbacks: Any = None
-    tune: Any = None
-    compare: Any = None
-    seed: int = 0
-    output_dir: str = MISSING
-    test: bool = True
-    threads: int | None = None
 
 
 def route_logs_to_hydra() -> None:
@@ -213,6 +73,7 @@ def friendly_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig],
     def run(cfg: DictConfig) -> Any:
         route_logs_to_hydra()
         try:
+            check_energy_keys(cfg)  # a key that moved, before any command starts its work
             return task(cfg)
         except ConfigError as err:
             _fail(f"invalid configuration: {err}")
@@ -242,13 +103,61 @@ def register_configs() -> None:
     cs.store(group="data", name="synthetic_schema", node=SyntheticSchema)
     cs.store(group="trainer", name="trainer_schema", node=TrainerSchema)
     cs.store(group="optimizer", name="adam_schema", node=AdamSchema)
-    cs.store(group="energy", name="energy_schema", node=EnergySchema)
+    # Open (not struct): an override of a key that moved composes, and check_energy_keys names its
+    # new key in one line (Hydra would refuse it in a multi-line error naming neither).
+    energy = OmegaConf.structured(EnergySchema)
+    OmegaConf.set_struct(energy, False)
+    cs.store(group="energy", name="energy_schema", node=energy)
     cs.store(group="profiler", name="profiler_schema", node=ProfilerSchema)
+    cs.store(group="paths", name="paths_schema", node=PathsSchema)
 
 
 register_configs()
-# ``${lg.is_set:${energy.budget_j}}``: whether a value is set (not null), to switch a callback on.
-OmegaConf.register_new_resolver("lg.is_set", lambda value: value is not None, replace=True)
+# ``${lg.is_set:${.max_j},${.max_kwh}}``: whether any of the values is set (not null), to switch a
+# callback on.
+OmegaConf.register_new_resolver("lg.is_set", lambda *values: any(v is not None for v in values), replace=True)
+
+#: Settings that left the energy group for their callback's own file (conf/callbacks/), and the
+#: key each is now.
+MOVED_KEYS = {
+    "energy.budget_j": "callbacks.energy_budget.max_j",
+    "energy.budget_check": "callbacks.energy_budget.check",
+    "energy.budget_on_exceed": "callbacks.energy_budget.on_exceed",
+    "energy.stop_gain_per_kj": "callbacks.energy_efficient_stopping.min_gain_per_kj",
+    "energy.stop_monitor": "callbacks.energy_efficient_stopping.monitor",
+    "energy.stop_mode": "callbacks.energy_efficient_stopping.mode",
+    "energy.stop_patience": "callbacks.energy_efficient_stopping.patience",
+    "energy.profile_layers": "callbacks.layer_profiler._enabled_",
+}
+
+
+def check_energy_keys(cfg: DictConfig) -> None:
+    """Every key of the (open) ``energy`` node is a field of :class:`EnergySchema`; else a
+    :class:`ConfigError` in one line: where a key that moved lives now
+    (``energy.budget_j moved: use callbacks.energy_budget.max_j=5000``), or the keys there are."""
+    energy = cfg.get("energy") if isinstance(cfg, DictConfig) else None
+    if not isinstance(energy, DictConfig):
+        return
+    known = [f.name for f in dataclasses.fields(EnergySchema)]
+    given = OmegaConf.to_container(energy, resolve=False)
+    for key, value in given.items():  # type: ignore[union-attr]
+        if key in known:
+            continue
+        moved = MOVED_KEYS.get(f"energy.{key}")
+        if moved is not None:
+            raise ConfigError(f"energy.{key} moved: use {moved}={_as_override(value)}")
+        close = difflib.get_close_matches(str(key), known, n=1)
+        hint = f"did you mean energy.{close[0]}? " if close else ""
+        raise ConfigError(f"energy.{key} is not a setting: {hint}the energy group has {', '.join(known)}")
+
+
+def _as_override(value: object) -> str:
+    """``value`` as a command-line override writes it (``true``, ``null``, ``5000``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
 
 
 def _root_value_error(err: BaseException) -> BaseException:
@@ -271,40 +180,51 @@ def config_error(group: str, err: BaseException) -> ConfigError:
 ENABLED_KEY = "_enabled_"
 
 
-def build_callbacks(node: DictConfig | None) -> list[Any]:
+def build_callbacks(
+    node: DictConfig | None, check_off: Mapping[str, Mapping[str, Any]] | None = None
+) -> list[Any]:
     """Instantiate every enabled callback of the ``callbacks`` group, in order.
 
-    An error names the config key the user sets: ``energy.pue`` when the node interpolates it,
-    else ``callbacks.<name>.<argument>``.
+    ``_enabled_`` must be true or false. A callback that is off but named in ``check_off`` is built
+    all the same, with the stand-in arguments given there for those that are null, and dropped:
+    a wrong value among its other keys fails before training although it is off. An error names
+    the config key the user sets: ``energy.pue`` when the node interpolates it, else
+    ``callbacks.<name>.<argument>``.
     """
-    from hydra.utils import instantiate
-
     out = []
     for name, sub in (node or {}).items():
-        if sub is None or not sub.get(ENABLED_KEY, True):
+        if sub is None:
             continue
-        raw = OmegaConf.to_container(sub, resolve=False)
-        kwargs = {k: v for k, v in OmegaConf.to_container(sub, resolve=True).items() if k != ENABLED_KEY}
-        try:
-            out.append(instantiate(kwargs, _convert_="all"))
-        except Exception as err:
-            root = _root_value_error(err)
-            message = str(root)
-            arg = message.split(" ", 1)[0]
-            source = raw.get(arg) if isinstance(raw, dict) else None
-            if (
-                isinstance(source, str)
-                and source.startswith("${")
-                and source.endswith("}")
-                and ":" not in source
-            ):
-                key = source[2:-1]
-            else:
-                key = f"callbacks.{name}.{arg}"
-            if isinstance(root, ValueError) and arg in raw:
-                raise ConfigError(f"{key}{message[len(arg) :]}") from err
-            raise ConfigError(f"callbacks.{name}: {message}") from err
+        enabled = sub.get(ENABLED_KEY, True)
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"callbacks.{name}.{ENABLED_KEY} must be true or false; got {enabled!r}")
+        if enabled:
+            out.append(_build_callback(str(name), sub))
+        elif check_off and name in check_off:
+            _build_callback(str(name), sub, check_off[name])
     return out
+
+
+def _build_callback(name: str, sub: DictConfig, stand_in: Mapping[str, Any] | None = None) -> Any:
+    from hydra.utils import instantiate
+
+    raw = OmegaConf.to_container(sub, resolve=False)
+    kwargs = {k: v for k, v in OmegaConf.to_container(sub, resolve=True).items() if k != ENABLED_KEY}
+    kwargs.update({k: v for k, v in (stand_in or {}).items() if kwargs.get(k) is None})
+    try:
+        return instantiate(kwargs, _convert_="all")
+    except Exception as err:
+        root = _root_value_error(err)
+        message = str(root)
+        arg = message.split(" ", 1)[0]
+        source = raw.get(arg) if isinstance(raw, dict) else None
+        if isinstance(source, str) and source.startswith("${") and source.endswith("}") and ":" not in source:
+            key = source[2:-1]
+        else:
+            key = f"callbacks.{name}.{arg}"
+        if isinstance(root, ValueError) and arg in raw:
+            raise ConfigError(f"{key}{message[len(arg) :]}") from err
+        raise ConfigError(f"callbacks.{name}: {message}") from err
 
 
 def build(group: str, node: DictConfig, **kwargs: Any) -> Any:

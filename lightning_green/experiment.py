@@ -18,13 +18,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig
 
-from lightning_green.callbacks import EnergyBudget, EnergyEfficientStopping, EnergyMonitor
+from lightning_green.callbacks import EnergyMonitor
 from lightning_green.callbacks.flops import forward_flops
 from lightning_green.config import (
     ConfigError,
     build,
     build_callbacks,
     build_loggers,
+    check_energy_keys,
     check_output_dir,
     check_trainer,
     config_error,
@@ -48,6 +49,7 @@ class Run:
 def build_run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> Run:
     """Validate and build datamodule, model, callbacks and Trainer. Raises ConfigError on bad values,
     and on an output folder that cannot be made or written (before anything trains)."""
+    check_energy_keys(cfg)
     check_trainer(cfg)
     check_output_dir(cfg.output_dir)
     if cfg.get("threads") is not None:
@@ -64,8 +66,7 @@ def build_run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
         module = LitClassifier(net, **to_container(cfg.optimizer))
     except ValueError as err:
         raise config_error("optimizer", err) from err
-    _check_energy_keys(cfg.energy)
-    callbacks: list[pl.Callback] = build_callbacks(cfg.get("callbacks"))
+    callbacks: list[pl.Callback] = build_callbacks(cfg.get("callbacks"), check_off=CHECK_WHEN_OFF)
     monitor = next((c for c in callbacks if isinstance(c, EnergyMonitor)), None)
     if monitor is None:
         raise ConfigError(
@@ -81,32 +82,13 @@ def build_run(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None)
     return Run(trainer, module, dm, monitor, forward_flops(net, sample) or 0)
 
 
-#: ``energy.*`` keys of the acting callbacks, and the argument each becomes.
-_BUDGET_KEYS = {"budget_j": "max_j", "budget_check": "check", "budget_on_exceed": "on_exceed"}
-_STOP_KEYS = {
-    "stop_gain_per_kj": "min_gain_per_kj",
-    "stop_monitor": "monitor",
-    "stop_mode": "mode",
-    "stop_patience": "patience",
+#: The callbacks that are off while an argument is null (conf/callbacks/), with a stand-in for it:
+#: built all the same, so that a wrong value among their other keys
+#: (``callbacks.energy_budget.check=later``) fails before training even while they are off.
+CHECK_WHEN_OFF = {
+    "energy_budget": {"max_j": 1.0},
+    "energy_efficient_stopping": {"min_gain_per_kj": 1.0},
 }
-
-
-def _check_energy_keys(e: DictConfig) -> None:
-    """Check ``energy.budget_*`` / ``energy.stop_*`` whether their callback is on or not, so that a
-    typo fails before training; errors name the config key."""
-    for cls, keys, switch in (
-        (EnergyBudget, _BUDGET_KEYS, "budget_j"),
-        (EnergyEfficientStopping, _STOP_KEYS, "stop_gain_per_kj"),
-    ):
-        kwargs = {arg: e[key] for key, arg in keys.items()}
-        probe = {**kwargs, keys[switch]: 1.0} if e[switch] is None else kwargs
-        try:
-            cls(**probe)
-        except ValueError as err:
-            message = str(err)
-            for key, arg in keys.items():
-                message = message.replace(f"{arg} must", f"energy.{key} must", 1)
-            raise ConfigError(message) from None
 
 
 def run_training(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> RunRecord:

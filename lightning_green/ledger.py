@@ -13,7 +13,7 @@ Other callbacks and ``experiment.py`` read a run's energy through the monitor's 
 Example::
 
     >>> from lightning_green.energy.reading import DomainEnergy, Reading
-    >>> from lightning_green.energy.carbon import CarbonModel
+    >>> from lightning_green.carbon import CarbonModel
     >>> ledger = EnergyLedger(CarbonModel(400.0))
     >>> r = Reading(0.0, 2.0, 2.0, (DomainEnergy("cpu", "process", 30.0, "estimated:cpu-time", dynamic_joules=30.0),))
     >>> _ = ledger.record("train", r, epoch=0, global_step=10)
@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
-from lightning_green.energy.carbon import COVERS, CarbonModel, Intensity
+from lightning_green.carbon import CarbonModel, Intensity
+from lightning_green.carbon.co2e import COVERS
 from lightning_green.energy.reading import Reading
 from lightning_green.records import SUMMARY_FILE, EnergySummary, RecordWriter, WindowRecord, write_json_atomic
 
@@ -328,7 +329,7 @@ class EnergyLedger:
         if "totals" in state:
             self.totals = Totals.from_dict(state["totals"])
             self.stages = {k: Totals.from_dict(v) for k, v in state["stages"].items()}
-        else:  # a checkpoint written before the ledger: headline figures by name
+        else:  # a checkpoint with the headline figures only (no ``totals``): the totals rebuilt from them
             self.totals = Totals(
                 j=float(state["total_j"]),
                 s=sum(state["stage_s"].values()),

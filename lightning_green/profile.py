@@ -8,10 +8,13 @@ Usage::
 
 from __future__ import annotations
 
+from typing import Any
+
 import hydra
 import lightning.pytorch as pl
 from omegaconf import DictConfig
 
+from lightning_green._plotting import layer_inclusive_joules, layer_methods, layer_type_joules
 from lightning_green.callbacks import LayerEnergyProfiler
 from lightning_green.config import CONF_DIR, ConfigError, friendly_errors
 from lightning_green.experiment import build_run
@@ -20,39 +23,75 @@ from lightning_green.experiment import build_run
 MAX_NOTES = 8
 
 
-def print_type_table(profiler: LayerEnergyProfiler, title: str) -> None:
+def _console() -> Any:
+    """A rich console of at most 100 columns (piped output, with no terminal, gets the 100 too)."""
+    import shutil
+
     from rich.console import Console
+
+    return Console(width=min(100, shutil.get_terminal_size((100, 24)).columns))
+
+
+def _method_header(method: str, chosen: str | None) -> str:
+    """A method's column: ``power J*`` for the profile's own method (the caption says so)."""
+    return f"{method} J" + ("*" if method == chosen else "")
+
+
+def _joules(v: float | None) -> str:
+    return "no figure" if v is None else f"{0.0 if abs(v) < 1e-12 else v:.4g}"  # no -1e-16 of rounding
+
+
+def print_type_table(profiler: LayerEnergyProfiler, title: str) -> None:
+    """Joules per step by layer type; with several methods computed (``power``, ``replay``
+    modes), one column per method (allocate, power, replay) side by side."""
     from rich.table import Table
 
-    table = Table(title=title)
-    for col in ("layer type", "layers", "J / step", "share", "params", "fwd FLOPs / step"):
+    rows = profiler.rows()
+    methods, chosen = layer_methods(rows)
+    several = len(methods) > 1
+    by_method = {m: layer_type_joules(rows, m) for m in methods} if several else {}
+    figures = [_method_header(m, chosen) for m in methods] if several else ["J / step"]
+    table = Table(title=title, caption=f"J per step; * the profile's method ({chosen})" if several else None)
+    for col in ("layer type", "layers", *figures, "share", "params", "fwd FLOPs / step"):
         table.add_column(col, justify="left" if col == "layer type" else "right")
     for t in profiler.type_table():
         j, share = t["joules_per_step"], t["share"]
+        js = [by_method[m].get(t["layer_type"]) for m in methods] if several else [j]
         table.add_row(
-            t["layer_type"], str(t["layers"]), "no figure" if j is None else f"{j:.4g}",
+            t["layer_type"], str(t["layers"]), *(_joules(v) for v in js),
             "-" if share is None else f"{share:.1%}", f"{t['params']:,}", f"{t['flops']:,}",
         )  # fmt: skip
-    Console().print(table)
+    _console().print(table)
 
 
 def print_top_modules(profiler: LayerEnergyProfiler, top: int = 10) -> None:
-    """The ``top`` modules by total energy (with their children), indented by depth."""
-    from rich.console import Console
+    """The ``top`` modules by total energy (with their children), indented by depth; with several
+    methods computed, each method's total side by side."""
     from rich.table import Table
 
-    rows = [r for r in profiler.rows() if r["name"] != "unattributed" and r["total_j"] is not None]
+    all_rows = profiler.rows()
+    rows = [r for r in all_rows if r["name"] != "unattributed" and r["total_j"] is not None]
     if not rows:
         return
-    table = Table(title=f"Top {min(top, len(rows))} modules by energy per step")
-    for col in ("module", "type", "total J", "own J", "own share"):
-        table.add_column(col, justify="left" if col in ("module", "type") else "right")
+    methods, chosen = layer_methods(all_rows)
+    several = len(methods) > 1
+    totals = {m: layer_inclusive_joules(all_rows, m) for m in methods} if several else {}
+    figures = [_method_header(m, chosen) for m in methods] if several else ["total J", "own J"]
+    table = Table(
+        title=f"Top {min(top, len(rows))} modules by energy per step",
+        caption=f"J per step with its children; * the profile's method ({chosen})" if several else None,
+    )
+    for col in ("module", "type", *figures, "own share"):
+        table.add_column(col, justify="left" if col in ("module", "type") else "right", overflow="fold",
+                         min_width=24 if col == "module" else None)  # fmt: skip
     for r in sorted(rows, key=lambda r: -r["total_j"])[:top]:
+        js = [totals[m].get(r["name"]) for m in methods] if several else [r["total_j"], r["joules_per_step"]]
         table.add_row(
-            "  " * (r["depth"] - 1) + r["name"], f"{r['module_type']} ({r['layer_type']})",
-            f"{r['total_j']:.4g}", f"{r['joules_per_step']:.4g}", f"{r['share']:.1%}",
+            "  " * (r["depth"] - 1) + r["name"],
+            r["module_type"] if several else f"{r['module_type']} ({r['layer_type']})",
+            *("-" if v is None else _joules(v) for v in js), f"{r['share']:.1%}",
         )  # fmt: skip
-    Console().print(table)
+    _console().print(table)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="profile", version_base="1.3")

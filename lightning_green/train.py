@@ -14,8 +14,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from lightning_green.carbon import JOULES_PER_KWH
 from lightning_green.config import CONF_DIR, friendly_errors
-from lightning_green.energy.carbon import JOULES_PER_KWH
 from lightning_green.experiment import Run, build_run, forward_flops, run_training  # re-exported
 from lightning_green.records import RunRecord
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig
@@ -14,21 +15,11 @@ from lightning_green.config import CONF_DIR, check_output_dir, friendly_errors
 
 
 def _print_study(out: Path) -> None:
-    from rich.console import Console
+    """A finished study on the console (100 columns): its trials, best accuracy, tuning energy,
+    and its best configuration by the strategy's objective; then where its files are."""
+    from lightning_green.report.studies import study_console
 
-    from lightning_green.report.studies import read_study, study_metrics
-
-    meta, trials = read_study(out)
-    if trials.empty:
-        Console().print(f"[bold]{meta['strategy']['name']}[/] study: no trials; results in {out}")
-        return
-    m = study_metrics(trials)
-    Console().print(
-        f"[bold]{meta['strategy']['name']}[/] study{' [red](interrupted)[/]' if meta.get('interrupted') else ''}: "
-        f"{m['trials']} trials ({m['failed']} failed), best accuracy "
-        f"{m['best_accuracy']:.4f}, tuning energy {m['total_energy_j']:.1f} J "
-        f"({', '.join(sorted({str(x) for x in trials['source'].dropna()}))}); results in {out}"
-    )
+    print(study_console(out, rows=0), f"Results in {out}", sep="\n", flush=True)
 
 
 def _interrupted(what: str, out: Path) -> None:
@@ -61,20 +52,12 @@ def tune_main(cfg: DictConfig) -> None:
         _interrupted("the study", out)
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="compare", version_base="1.3")
-@friendly_errors
-def compare_main(cfg: DictConfig) -> None:
-    from hydra import compose
-    from hydra.core.hydra_config import HydraConfig
-
+def _check_compare(c: DictConfig) -> None:
+    """Refuse a bad ``compare.*`` key (naming it) before anything runs."""
     from lightning_green._checks import check_number
-    from lightning_green.config import ConfigError, to_container
-    from lightning_green.records import write_json_atomic
-    from lightning_green.report.studies import read_study, write_compare, write_pareto
+    from lightning_green.config import ConfigError
     from lightning_green.tune.strategies import STRATEGIES
-    from lightning_green.tune.study import init_ray, prepare, run_study
 
-    c = cfg.compare
     unknown = [s for s in c.strategies if s not in STRATEGIES]
     if unknown or not c.strategies:
         raise ConfigError(
@@ -92,57 +75,104 @@ def compare_main(cfg: DictConfig) -> None:
             )
         except ValueError as err:
             raise ConfigError(str(err)) from None
+
+
+def _strategy_configs(cfg: DictConfig) -> dict[str, DictConfig]:
+    """Each strategy's ``tune`` config, composed with the command's overrides and checked (every
+    strategy's input is checked before any trial starts)."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    from lightning_green.tune.study import prepare
+
     overrides = [
         o for o in HydraConfig.get().overrides.task if not o.startswith(("tune/strategy=", "compare."))
     ]
     cfgs = {}
-    for s in c.strategies:
+    for s in cfg.compare.strategies:
         sub = compose(config_name="tune", overrides=[*overrides, f"tune/strategy={s}"])
         sub.output_dir = cfg.output_dir
-        prepare(sub)  # every strategy's input is checked before any trial starts
+        prepare(sub)
         cfgs[s] = sub
-    cluster = init_ray(cfg.tune)
-    out = Path(cfg.output_dir)
-    target = cfg.tune.get("target_accuracy")
-    write_json_atomic(out / "compare.json", {**to_container(c), "target_accuracy": target})
-    studies: dict = {}
-    metas: dict = {}
-    not_run: list[str] = []
-    cut: str | None = None
-    resume = bool(cfg.tune.get("resume"))
-    try:
+    return cfgs
+
+
+class _Comparison:
+    """The studies of a comparison as they end: trials and ``study.json`` per strategy (in seed
+    order), the ``<strategy> seed <k>`` not run, and the study a Ctrl-C cut (``cut``)."""
+
+    def __init__(self) -> None:
+        self.studies: dict[str, list[Any]] = {}
+        self.metas: dict[str, list[dict[str, Any]]] = {}
+        self.not_run: list[str] = []
+        self.cut: str | None = None
+
+    def run(
+        self, cfgs: dict[str, DictConfig], seeds: list[int], out: Path, resume: bool, cluster: Any
+    ) -> None:
+        """Each strategy's study per seed, one after the other (a complete one kept on ``resume``);
+        after a study a Ctrl-C cut, the rest are listed as not run."""
+        from lightning_green.report.studies import read_study, write_pareto
+        from lightning_green.tune.study import run_study
+
         for s, sub in cfgs.items():
-            for seed in c.seeds:
+            for seed in seeds:
                 path = out / s / f"seed{seed}"
-                if cut is not None:
-                    not_run.append(f"{s} seed {seed}")
+                if self.cut is not None:
+                    self.not_run.append(f"{s} seed {seed}")
                     continue
                 if resume and study_complete(path):
                     print(f"{s} seed {seed}: complete, kept as it is ({path})", flush=True)
                 else:
-                    cut = f"{s} seed {seed}"  # until it returns whole
+                    self.cut = f"{s} seed {seed}"  # until it returns whole
                     path = run_study(sub, path, seed=int(seed), cluster=cluster)
                     write_pareto(path)
                 meta, trials = read_study(path)
-                cut = f"{s} seed {seed}" if meta.get("interrupted") else None
+                self.cut = f"{s} seed {seed}" if meta.get("interrupted") else None
                 if trials.empty:
-                    not_run.append(f"{s} seed {seed} (no trial ended)")
+                    self.not_run.append(f"{s} seed {seed} (no trial ended)")
                     continue
-                studies.setdefault(s, []).append(trials)
-                metas.setdefault(s, []).append(meta)
+                self.studies.setdefault(s, []).append(trials)
+                self.metas.setdefault(s, []).append(meta)
                 _print_line(s, seed, meta, trials)
+
+    def interrupted(self, strategies: list[str], seeds: list[int]) -> None:
+        """A second Ctrl-C, or one outside a study: what ended is compared; the rest is listed."""
+        done = {(m["strategy"]["name"], m["seed"]) for ms in self.metas.values() for m in ms}
+        self.not_run = [
+            f"{s} seed {seed}" for s in strategies for seed in seeds if (s, int(seed)) not in done
+        ]
+        self.cut = self.cut or "the comparison"
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="compare", version_base="1.3")
+@friendly_errors
+def compare_main(cfg: DictConfig) -> None:
+    from lightning_green.config import to_container
+    from lightning_green.records import write_json_atomic
+    from lightning_green.report.studies import compare_console, write_compare
+    from lightning_green.tune.study import init_ray
+
+    c = cfg.compare
+    _check_compare(c)
+    cfgs = _strategy_configs(cfg)
+    cluster = init_ray(cfg.tune)
+    out = Path(cfg.output_dir)
+    target = cfg.tune.get("target_accuracy")
+    write_json_atomic(out / "compare.json", {**to_container(c), "target_accuracy": target})
+    comparison = _Comparison()
+    try:
+        comparison.run(cfgs, list(c.seeds), out, bool(cfg.tune.get("resume")), cluster)
     except KeyboardInterrupt:
-        # A second Ctrl-C, or one outside a study: what ended is compared; the rest is listed
-        done = {(m["strategy"]["name"], m["seed"]) for ms in metas.values() for m in ms}
-        not_run = [f"{s} seed {seed}" for s in cfgs for seed in c.seeds if (s, int(seed)) not in done]
-        cut = cut or "the comparison"
-    if studies:
-        paths = write_compare(studies, out, c.target_fraction, c.reference_energy_j, target, metas, not_run)
-        print((out / "compare.md").read_text())
+        comparison.interrupted(list(cfgs), list(c.seeds))
+    if comparison.studies:
+        found = (comparison.studies, c.target_fraction, c.reference_energy_j, target, comparison.metas)
+        paths = write_compare(*found, comparison.not_run)
+        print(compare_console(*found, comparison.not_run), flush=True)
         for p in paths:
             print(p)
-    if cut is not None:
-        _interrupted(f"compare ({cut})", out)
+    if comparison.cut is not None:
+        _interrupted(f"compare ({comparison.cut})", out)
 
 
 def study_complete(path: Path) -> bool:

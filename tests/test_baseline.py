@@ -133,7 +133,7 @@ def test_idle_watts_given_by_the_user_are_used_as_is(tmp_path: Path, monkeypatch
     monitor.teardown(SimpleNamespace(**_trainer_stub()), None, "validate")
     _fit(tmp_path, monitor, gpu)
     assert read_summary(tmp_path)["idle_baseline"] == {
-        "watts": {"gpu:0": 50.0}, "how": "given by the user", "seconds": 0.0, "busy": []
+        "watts": {"gpu:0": 50.0}, "how": "given by the user", "seconds": 0.0, "busy": [], "background": []
     }  # fmt: skip
     for w in read_windows(tmp_path):
         assert w.dynamic_j == pytest.approx(w.energy_j - 50.0 * w.seconds, rel=1e-6)

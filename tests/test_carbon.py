@@ -13,19 +13,21 @@ from helpers.grid_server import grid_server
 from lightning import Trainer
 
 from lightning_green import EnergyMonitor
-from lightning_green.data import DigitsDataModule
-from lightning_green.energy.carbon import JOULES_PER_KWH, CarbonModel
-from lightning_green.energy.grid import (
+from lightning_green.carbon import (
+    JOULES_PER_KWH,
+    CarbonModel,
     ElectricityMapsIntensity,
+    IntensityProvider,
     UKCarbonIntensity,
     lookup,
     make_intensity,
-    table,
 )
+from lightning_green.carbon.places import TABLE_PATH, table
+from lightning_green.data import DigitsDataModule
 from lightning_green.models import LitClassifier, SimpleCNN
 from lightning_green.records import read_summary, read_windows
 
-DATA = Path(__file__).resolve().parents[1] / "lightning_green" / "energy" / "data"
+DATA = (Path(__file__).resolve().parents[1] / "lightning_green" / TABLE_PATH).parent
 
 
 def test_every_row_of_the_table_names_its_source_year_scope_and_licence():
@@ -162,8 +164,6 @@ def test_a_fixed_place_labels_every_record():
 
 
 def test_a_failing_provider_of_the_users_never_ends_training(tmp_path: Path):
-    from lightning_green.energy.grid import IntensityProvider
-
     class Broken(IntensityProvider):
         def start(self) -> None:
             raise RuntimeError("no route")
@@ -213,7 +213,26 @@ def test_carbon_command_help_is_a_real_help_and_the_command_starts_fast():
         [sys.executable, "-m", "lightning_green.carbon_cli", "--bogus"], capture_output=True, text=True
     )
     assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
-    # a lookup needs the table, not the training stack
-    probe = "import sys, lightning_green.carbon_cli; print(sorted({'torch', 'lightning', 'ray', 'hydra'} & set(sys.modules)))"
+    # a lookup needs the table, not the training stack, nor the meters
+    probe = (
+        "import sys, lightning_green.carbon_cli; "
+        "print(sorted({'torch', 'lightning', 'ray', 'hydra', 'lightning_green.energy'} & set(sys.modules)))"
+    )
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_carbon_is_a_package_of_its_own_and_the_old_names_still_answer_with_a_warning():
+    import warnings
+
+    import lightning_green.carbon as carbon
+
+    # lightning_green.energy exports meters, not carbon; the old name still answers, with a warning
+    import lightning_green.energy as energy
+
+    assert "CarbonModel" not in energy.__all__ and "lookup" not in dir(energy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert energy.CarbonModel is carbon.CarbonModel
+    assert "import it from lightning_green.carbon" in str(caught[0].message)
+    assert caught[0].category is DeprecationWarning

@@ -16,14 +16,9 @@ from helpers.grid_server import grid_server
 from lightning import Trainer
 
 from lightning_green import EnergyMonitor
+from lightning_green.carbon import ElectricityMapsIntensity, UKCarbonIntensity, lookup
+from lightning_green.carbon.fetch import MAX_ANSWER_BYTES, redirect_refusal
 from lightning_green.data import DigitsDataModule
-from lightning_green.energy.grid import (
-    MAX_ANSWER_BYTES,
-    ElectricityMapsIntensity,
-    UKCarbonIntensity,
-    lookup,
-    redirect_refusal,
-)
 from lightning_green.models import LitClassifier, SimpleCNN
 from lightning_green.records import read_windows
 

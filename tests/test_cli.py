@@ -46,7 +46,8 @@ def test_train_single_run_writes_records_and_summary(tmp_path: Path):
     # one line saying what is measured (fit and test share the monitor), and the whole records path
     assert (r.stdout + r.stderr).count("lightning-green EnergyMonitor:") == 1
     assert str(tmp_path / "run") in r.stdout
-    # Hydra's job log keeps what Lightning and lightning-green logged (it used to stay empty)
+    # Hydra's job log holds what Lightning and lightning-green logged: the run folder alone says what
+    # was measured and how
     assert "lightning-green EnergyMonitor:" in (tmp_path / "run" / "train.log").read_text()
     run = read_run(tmp_path / "run")
     assert run.test_acc is not None and 0 <= run.test_acc <= 1
@@ -127,7 +128,7 @@ def test_multirun_then_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     cmp = tmp_path / "cmp"
     assert report_main([str(sweep / "0"), str(sweep / "3"), str(one), "--out", str(cmp)]) == 0
     printed = capsys.readouterr().out
-    assert "| run |" in printed and str(cmp / "summary.csv") in printed  # the table on the console too
+    assert "| run " in printed and str(cmp / "summary.csv") in printed  # the table on the console too
     with open(cmp / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["run"] for r in rows] == [str(sweep / "0"), str(sweep / "3"), f"{one}/0", f"{one}/2"]

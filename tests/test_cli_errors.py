@@ -33,6 +33,22 @@ def test_non_finite_config_value_is_one_line_before_training(tmp_path: Path):
     assert not (tmp_path / "run" / "energy.jsonl").exists()
 
 
+def test_a_key_that_moved_is_one_line_naming_its_new_key(tmp_path: Path):
+    # energy.budget_j and the other budget, stopping and profiler keys now live in their callback's
+    # own file (conf/callbacks/): the old override says where, before anything trains.
+    r = cli("train", "energy.budget_j=5000", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    line = _one_line_error(r, "energy.budget_j moved: use callbacks.energy_budget.max_j=5000")
+    assert line.endswith("callbacks.energy_budget.max_j=5000"), line
+    assert not (tmp_path / "run" / "energy.jsonl").exists()
+    r = cli("profile", "energy.profile_layers=true", f"hydra.run.dir={tmp_path / 'p'}", cwd=tmp_path)
+    _one_line_error(r, "energy.profile_layers moved: use callbacks.layer_profiler._enabled_=true")
+    r = cli("tune", "energy.stop_gain_per_kj=0.5", f"hydra.run.dir={tmp_path / 't'}", cwd=tmp_path)
+    _one_line_error(
+        r, "energy.stop_gain_per_kj moved: use callbacks.energy_efficient_stopping.min_gain_per_kj=0.5"
+    )
+    assert not (tmp_path / "t" / "study.json").exists()  # before Ray starts
+
+
 def test_a_config_group_set_to_null(tmp_path: Path):
     r = cli("train", "model=null", cwd=tmp_path)
     _one_line_error(r, "model=null: the model group needs one of cnn,")
@@ -139,7 +155,7 @@ def test_ddp_through_the_console_script(tmp_path: Path):
     try:
         r = cli(
             "train", "trainer=ddp", "trainer.accelerator=cpu", *TINY, f"hydra.run.dir={run}",
-            "energy.profile_layers=true", "profiler.warmup_steps=1", "profiler.profile_steps=2",
+            "callbacks.layer_profiler._enabled_=true", "profiler.warmup_steps=1", "profiler.profile_steps=2",
             cwd=tmp_path, timeout=300,
         )  # fmt: skip
     finally:
@@ -160,7 +176,7 @@ def test_budget_from_the_config_tree_stops_the_run(tmp_path: Path):
     run = tmp_path / "run"
     r = cli(
         "train",
-        "energy.budget_j=0.01",
+        "callbacks.energy_budget.max_j=0.01",
         "trainer.max_epochs=3",
         *(t for t in TINY if not t.startswith("trainer.max_epochs")),
         f"hydra.run.dir={run}",

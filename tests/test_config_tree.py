@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from lightning_green.config import CONF_DIR, ConfigError, build, check_trainer
+from lightning_green.carbon import lookup
+from lightning_green.config import CONF_DIR, MOVED_KEYS, ConfigError, build, check_trainer
 from lightning_green.data import DatasetNotFoundError, TorchvisionDataModule
-from lightning_green.energy.grid import lookup
 from lightning_green.experiment import build_run
 
 GROUPS = {
@@ -142,12 +143,26 @@ def test_missing_dataset_says_where_it_looked(tmp_path: Path):
         ("energy.carbon_live=wind", r"energy\.carbon_live must be null, uk, uk:<GB region id 1-17>"),
         ("energy.watts_per_core=inf", r"energy\.watts_per_core must be a finite number > 0"),
         ("optimizer.lr=inf", r"optimizer\.lr must be a finite number > 0"),
-        ("energy.budget_j=nan", r"energy\.budget_j must be a finite number > 0"),
-        ("energy.stop_gain_per_kj=-1", r"energy\.stop_gain_per_kj must be a finite number >= 0"),
-        ("energy.budget_check=later", r"energy\.budget_check must be one of spent, forecast"),
         ("energy.baseline_s=-1", r"energy\.baseline_s must be a finite number >= 0"),
+        # the callbacks' own keys (conf/callbacks/), checked also while the callback is off
+        ("callbacks.energy_budget.max_j=nan", r"callbacks\.energy_budget\.max_j must be a finite number > 0"),
+        ("callbacks.energy_budget.max_j=inf", r"callbacks\.energy_budget\.max_j must be a finite number > 0"),
+        ("callbacks.energy_budget.max_j=true", r"callbacks\.energy_budget\.max_j must be a finite number > 0, got True"),
+        ("callbacks.energy_budget.max_co2e_g=-1", r"callbacks\.energy_budget\.max_co2e_g must be a finite number > 0"),
+        ("callbacks.energy_budget.check=later", r"callbacks\.energy_budget\.check must be one of spent, forecast"),
+        ("callbacks.energy_budget.on_exceed=panic", r"callbacks\.energy_budget\.on_exceed must be one of stop, warn"),
+        ("callbacks.energy_budget.check_every_n_steps=0", r"callbacks\.energy_budget\.check_every_n_steps must be an integer >= 1"),
+        ("callbacks.energy_efficient_stopping.min_gain_per_kj=-1",
+         r"callbacks\.energy_efficient_stopping\.min_gain_per_kj must be a finite number >= 0"),
+        ("callbacks.energy_efficient_stopping.min_gain_per_kj=nan",
+         r"callbacks\.energy_efficient_stopping\.min_gain_per_kj must be a finite number >= 0"),
+        ("callbacks.energy_efficient_stopping.mode=up", r"callbacks\.energy_efficient_stopping\.mode must be one of max, min"),
+        ("callbacks.energy_efficient_stopping.patience=true",
+         r"callbacks\.energy_efficient_stopping\.patience must be an integer >= 1, got True"),
+        ("callbacks.layer_profiler._enabled_=yes", r"callbacks\.layer_profiler\._enabled_ must be true or false; got 'yes'"),
+        ("energy.carbon_intensty=DE", r"energy\.carbon_intensty is not a setting: did you mean energy\.carbon_intensity\?"),
     ],
-)
+)  # fmt: skip
 def test_invalid_values_fail_before_training_naming_the_key(override: str, message: str, tmp_path: Path):
     with pytest.raises(ConfigError, match=message):
         build_run(_compose([override], tmp_path))
@@ -171,9 +186,11 @@ def test_check_trainer_allows_max_steps_only_with_an_endless_epoch_count(tmp_pat
     ("overrides", "expected"),
     [
         ([], {"EnergyMonitor", "ModelCheckpoint"}),
-        (["energy.profile_layers=true"], {"EnergyMonitor", "ModelCheckpoint", "LayerEnergyProfiler"}),
-        (["energy.budget_j=5", "energy.stop_gain_per_kj=2"],
+        (["callbacks.layer_profiler._enabled_=true"], {"EnergyMonitor", "ModelCheckpoint", "LayerEnergyProfiler"}),
+        (["energy=profile"], {"EnergyMonitor", "ModelCheckpoint", "LayerEnergyProfiler"}),  # a preset of it
+        (["callbacks.energy_budget.max_j=5", "callbacks.energy_efficient_stopping.min_gain_per_kj=2"],
          {"EnergyMonitor", "ModelCheckpoint", "EnergyBudget", "EnergyEfficientStopping"}),
+        (["callbacks.energy_budget.max_co2e_g=0.5"], {"EnergyMonitor", "ModelCheckpoint", "EnergyBudget"}),
         (["callbacks.early_stopping._enabled_=true", "callbacks.model_checkpoint._enabled_=false"],
          {"EnergyMonitor", "EarlyStopping", "ModelCheckpoint"}),  # Lightning's own default checkpointing
         (["trainer.enable_progress_bar=true"], {"EnergyMonitor", "ModelCheckpoint", "EnergyProgressBar"}),
@@ -192,6 +209,55 @@ def test_callbacks_come_from_the_callbacks_group(overrides: list[str], expected:
     assert bool(ours_ckpt) == ("callbacks.model_checkpoint._enabled_=false" not in overrides)
     monitor = next(c for c in trainer.callbacks if type(c).__name__ == "EnergyMonitor")
     assert str(monitor.output_dir) == str(tmp_path)  # ${output_dir} reached the callback
+
+
+def test_the_callbacks_take_their_settings_from_their_own_files(tmp_path: Path):
+    trainer = build_run(_compose([
+        "callbacks.energy_budget.max_kwh=0.002", "callbacks.energy_budget.check=forecast",
+        "callbacks.energy_budget.on_exceed=warn", "callbacks.energy_efficient_stopping.min_gain_per_kj=0.5",
+        "callbacks.energy_efficient_stopping.monitor=val_loss", "callbacks.energy_efficient_stopping.mode=min",
+        "callbacks.energy_efficient_stopping.patience=2",
+    ], tmp_path)).trainer  # fmt: skip
+    budget = next(c for c in trainer.callbacks if type(c).__name__ == "EnergyBudget")
+    assert (budget.max_j, budget.max_kwh, budget.check, budget.on_exceed) == (None, 0.002, "forecast", "warn")
+    stop = next(c for c in trainer.callbacks if type(c).__name__ == "EnergyEfficientStopping")
+    assert (stop.min_gain_per_kj, stop.monitor, stop.mode, stop.patience) == (0.5, "val_loss", "min", 2)
+
+
+@pytest.mark.parametrize("old", sorted(MOVED_KEYS))
+def test_a_key_that_moved_fails_before_training_naming_its_new_key(old: str, tmp_path: Path):
+    value = "true" if old.endswith("profile_layers") else "5000"
+    cfg = _compose([f"{old}={value}"], tmp_path)
+    with pytest.raises(ConfigError) as err:
+        build_run(cfg)
+    assert str(err.value) == f"{old} moved: use {MOVED_KEYS[old]}={value}"
+    assert not (tmp_path / "energy.jsonl").exists()
+    node, _, leaf = MOVED_KEYS[old].rpartition(".")
+    assert leaf in OmegaConf.select(_compose([], tmp_path), node)  # the key it names is there
+
+
+def test_each_setting_is_said_once():
+    """The callbacks' settings live in their own files; nothing interpolates a key that moved."""
+    text = "\n".join(p.read_text() for p in CONF_DIR.rglob("*.yaml"))
+    for old in MOVED_KEYS:
+        assert "${" + old + "}" not in text and f"{old}=" not in text, old
+    # the output root is written once, in the paths group, and read from there
+    assert [p.relative_to(CONF_DIR).as_posix() for p in CONF_DIR.rglob("*.yaml")
+            if "lightning_green_runs" in p.read_text()] == ["paths/default.yaml"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("config", "key", "under"),
+    [("config", "run", ""), ("config", "sweep", "multirun/"), ("profile", "run", ""), ("tune", "run", "tune/"),
+     ("compare", "run", "compare/")],
+)  # fmt: skip
+def test_every_commands_folders_are_under_paths_root(config: str, key: str, under: str, tmp_path: Path):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        default = compose(config, return_hydra_config=True)
+        moved = compose(config, overrides=[f"paths.root={tmp_path}"], return_hydra_config=True)
+    assert default.paths.root == "lightning_green_runs"
+    assert str(default.hydra[key].dir).startswith(f"lightning_green_runs/{under}")
+    assert str(moved.hydra[key].dir).startswith(f"{tmp_path}/{under}")
 
 
 USER_PROJECT_FILE = """\
@@ -228,8 +294,6 @@ def test_a_users_own_hydra_project_adds_the_callback_from_a_copied_file(tmp_path
 
 
 def test_several_loggers_and_a_missing_logger_package(tmp_path: Path):
-    from omegaconf import OmegaConf
-
     from lightning_green.config import ConfigError, build_loggers
 
     trainer = build_run(_compose(["logger=[csv,tensorboard]"], tmp_path)).trainer

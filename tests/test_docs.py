@@ -236,6 +236,7 @@ def outcomes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
+@pytest.mark.xdist_group("doc_examples")  # one worker runs them all: they share one pool of outcomes
 @pytest.mark.parametrize("block", EXAMPLES, ids=lambda b: b.name)
 def test_example_runs_as_written(block: Block, outcomes: dict[str, Future[Outcome]]):
     if block.skip:

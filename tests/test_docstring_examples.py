@@ -10,7 +10,10 @@ import pytest
 MODULES = [
     "lightning_green.energy",
     "lightning_green.energy.base",
-    "lightning_green.energy.grid",
+    "lightning_green.carbon.places",
+    "lightning_green.carbon.providers",
+    "lightning_green.carbon.co2e",
+    "lightning_green.trials",
     "lightning_green.records",
     "lightning_green.energy.measure",
     "lightning_green.energy.attribution",

@@ -4,25 +4,22 @@ the run's records; a dead endpoint costs one warning and no record."""
 
 from __future__ import annotations
 
-import gzip
 import os
 import socket
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pynvml
 import pytest
 from helpers.fake_nvml import FakeNvml, gpu_uuid
+from helpers.receivers import Points, Receiver, prometheus_samples
 from hydra import compose, initialize_config_dir
 from lightning import Callback, Trainer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -30,7 +27,6 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
-from prometheus_client.parser import text_string_to_metric_families
 
 from lightning_green import EnergyMonitor
 from lightning_green.config import CONF_DIR, build_callbacks
@@ -44,7 +40,6 @@ NODE = socket.gethostname()
 GPU_W = 120.0
 LABELS = {"study": "rq2", "trial": "3"}
 DOMAIN_KEYS = {"run_id", "stage", "domain", "device", "uuid", "source", "node", *LABELS}
-Points = list[tuple[dict[str, str], float]]  # (labels, value) of each series
 
 
 @pytest.fixture(autouse=True)
@@ -108,11 +103,7 @@ def _scrape(url: str, openmetrics: bool = False) -> str:
 
 
 def _samples(text: str) -> dict[str, Points]:
-    out: dict[str, Points] = defaultdict(list)
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[s.name].append((s.labels, s.value))
-    return out
+    return prometheus_samples(text)
 
 
 def _check_prometheus(text: str, records: list[WindowRecord]) -> dict[str, Points]:
@@ -219,43 +210,6 @@ def test_prometheus_endpoint_scraped_during_and_after_a_fit_equals_the_records(t
 
 
 # ---------------------------------------------------------------- loopback receivers
-class Receiver:
-    """A loopback HTTP server that keeps every PUT and POST it gets and answers 200 with ``reply``."""
-
-    def __init__(self, reply: bytes = b"", content_type: str = "text/plain") -> None:
-        self.requests: list[SimpleNamespace] = []
-        requests = self.requests
-
-        class Handler(BaseHTTPRequestHandler):
-            def _keep(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if self.headers.get("Content-Encoding") == "gzip":
-                    body = gzip.decompress(body)
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                requests.append(
-                    SimpleNamespace(method=self.command, path=self.path, headers=headers, body=body)
-                )
-                self.send_response(200)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            do_PUT = do_POST = _keep
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def pushgateway() -> Iterator[Receiver]:
     receiver = Receiver()

@@ -202,3 +202,55 @@ def test_a_job_nvml_never_lists_is_not_charged_nothing(fake, monkeypatch, attrib
     d, _ = _shared_window(fake, attribution, during=lambda: fake.samples[0].append(fake.sample(OTHER, 50, 1)))
     assert (d.attribution, d.share, d.joules) == ("not-attributable:pid-namespace", share, joules)
     assert d.node_joules == pytest.approx(10.0)
+
+
+# ---------------------------------------------------------------- DDP: every rank's GPU keeps its UUID
+def test_ranks_gathered_under_ddp_keep_each_ranks_gpu_uuids(monkeypatch):
+    """Rank 0 reads a whole GPU, rank 1 a MIG instance on another: each keeps its UUID in the
+    merged reading and its record, under the device label the record's domains carry."""
+    from lightning_green.callbacks.windows import gather_ranks
+    from lightning_green.export._figures import domain_figures
+    from lightning_green.records import WindowRecord
+
+    fake = FakeNvml(monkeypatch, gpus=2, migs={MIG: 0})
+    readings = []
+    for visible, nvml_index in (("1", 1), (MIG, 0)):  # each rank's CUDA device 0
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        meter = NvmlMeter([0], sync=False, sync_reads=True)
+        meter.start()
+        fake.mj[nvml_index] += 1_000.0 * (nvml_index + 1)
+        readings.append(meter.stop())
+    assert [r.assumptions["gpu_uuids"] for r in readings] == [{"0": fake.uuids[1]}, {"0": MIG}]
+
+    def all_gather_object(out: list, obj) -> None:
+        assert obj is readings[0]  # this process is rank 0
+        out[:] = readings
+
+    dist = torch.distributed
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
+    merged = gather_ranks(readings[0], world_size=2)
+
+    assert {d.key: d.joules for d in merged.domains} == {"gpu:rank0/0": 2.0, "gpu:rank1/0": 1.0}
+    assert merged.assumptions["gpu_uuids"] == {"rank0/0": fake.uuids[1], "rank1/0": MIG}
+    assert list(merged.assumptions["gpu_mig"]) == ["rank1/0"]
+    assert fake.uuids[0] in merged.assumptions["gpu_mig"]["rank1/0"]  # the parent GPU, named
+    record = WindowRecord.from_reading(
+        merged, run_id="r", stage="train", epoch=0, global_step=1, world_size=2
+    )
+    assert record.assumptions["gpu_uuids"] == merged.assumptions["gpu_uuids"]
+    # What the exporters label each device with: every rank's GPU, not only this process's.
+    labels = {f.labels["device"]: f.labels["uuid"] for f in domain_figures(record, "node", {})}
+    assert labels == {"rank0/0": fake.uuids[1], "rank1/0": MIG}
+
+
+def test_a_single_process_reading_is_not_renamed():
+    from lightning_green.callbacks.windows import gather_ranks
+    from lightning_green.energy import DomainEnergy, Reading
+
+    local = Reading(
+        0.0, 1.0, 1.0, (DomainEnergy("gpu", "0", 5.0, "measured:nvml"),), {"gpu_uuids": {"0": "GPU-1"}}
+    )
+    assert gather_ranks(local, world_size=1) is local

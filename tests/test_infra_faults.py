@@ -20,9 +20,9 @@ from lightning.pytorch.callbacks import Callback
 
 import lightning_green.records as records
 from lightning_green import EnergyMonitor
+from lightning_green.carbon import CarbonModel
 from lightning_green.config import CONF_DIR, ConfigError, check_threads, usable_cpus
 from lightning_green.data import DigitsDataModule
-from lightning_green.energy.carbon import CarbonModel
 from lightning_green.experiment import build_run
 from lightning_green.models import LitClassifier, SimpleCNN
 from lightning_green.records import RecordWriter, WindowRecord, read_summary, read_windows
@@ -264,7 +264,7 @@ def test_the_dirtiest_grid_and_a_poor_facility_are_accepted():
 
 
 def test_an_impossible_live_value_is_not_used():
-    from lightning_green.energy.grid import Intensity, IntensityProvider
+    from lightning_green.carbon import Intensity, IntensityProvider
 
     class Broken(IntensityProvider):
         def current(self) -> Intensity:

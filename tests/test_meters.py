@@ -9,8 +9,8 @@ import pytest
 from conftest import set_uj
 from helpers.fake_nvml import FakeNvml
 
+from lightning_green.carbon import CarbonModel
 from lightning_green.energy import (
-    CarbonModel,
     EstimateMeter,
     MeterUnavailableError,
     NvmlMeter,

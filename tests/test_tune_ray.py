@@ -8,9 +8,11 @@ import pickle
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import PYTHON, REPO, run_in_loopback_netns
+from helpers.receivers import dumped, prometheus_samples
 from omegaconf import OmegaConf
 
 from lightning_green.records import read_run, read_summary, read_windows
@@ -38,21 +40,64 @@ def bash(script: str, tmp_path: Path, timeout: float = 400, env: dict | None = N
     return r
 
 
+#: Pushes to the loopback receiver go straight to it, whatever proxy the machine names.
+NO_PROXY = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+#: The override that gives every trial (and the study) a Pushgateway exporter at ``$url``.
+PUSH = "\"callbacks.energy_monitor.exporters=[{_target_:lightning_green.export.PushgatewayExporter,gateway:'$url'}]\""
+
+
+def start_gateway(folder: Path) -> str:
+    """Shell lines starting a Pushgateway stand-in (tests/helpers/receivers.py; pid in $receiver,
+    for the script's trap to kill) inside the test's network namespace; its URL in $url."""
+    return f"""
+        python {REPO / "tests" / "helpers" / "receivers.py"} {folder} &
+        receiver=$!
+        for i in $(seq 1 100); do [ -f {folder}/url ] && break; sleep 0.1; done
+        url=$(cat {folder}/url)
+    """
+
+
+def pushed_energy(folder: Path, labels: dict[str, str]) -> dict[str, list]:
+    """The energy samples of the last push of each group (each push replaces its group), by
+    trial id (``"study"`` for the study's own), checked to carry the study's ``labels``."""
+    last = {push.path: prometheus_samples(push.body) for push in dumped(folder)}
+    out: dict[str, list] = {}
+    for path, samples in last.items():
+        assert path.startswith("/metrics/job/lightning-green/instance/"), path
+        energy = samples["lightning_green_energy_joules_total"]
+        trial = energy[0][0].get("trial", "study")
+        for lab, _ in energy:  # every figure carries its study, and its trial's id or none
+            assert {k: lab.get(k) for k in labels} == labels and lab.get("trial", "study") == trial, lab
+        assert trial not in out
+        out[trial] = energy
+    return out
+
+
+#: Every strategy: today's, then the peers of efficient (asha, bohb, cfo), in one Ray session.
+EVERY_STRATEGY = ["grid", "random", "bayes", "multi", "efficient", "asha", "bohb", "cfo"]
+
+
 def test_compare_runs_every_strategy_and_writes_table_and_plots(tmp_path: Path):
     out = tmp_path / "cmp"
-    bash(f"lightning-green compare tune.num_samples=3 'compare.seeds=[0]' {' '.join(TINY)} hydra.run.dir={out}\n"
+    every = f"'compare.strategies=[{','.join(EVERY_STRATEGY)}]'"
+    bash(f"lightning-green compare {every} tune.num_samples=3 'compare.seeds=[0]' {' '.join(TINY)} hydra.run.dir={out}\n"
          f"lightning-green report {out}/multi/seed0\n", tmp_path)  # fmt: skip
     table = pd.read_csv(out / "compare.csv").set_index("strategy")
-    assert list(table.index) == ["grid", "random", "bayes", "multi", "efficient"]
+    assert list(table.index) == EVERY_STRATEGY
     for s in table.index:
         # the whole study, measured around it, covers its trials and Ray's own processes
         meta = json.loads((out / s / "seed0" / "study.json").read_text())
         assert meta["study_energy_j"] >= meta["energy_used_j"] > 0
         assert 0 < meta["framework_share"] < 1 and meta["overhead_per_trial_s"] >= 0
         assert "descendant" in meta["study_energy_covers"] or "process" in meta["study_energy_covers"]
+        assert meta["strategy"]["name"] == s and meta["num_samples"] == 3 and meta["seed"] == 0
+        # the peers: asha and bohb stop trials with ASHA (bohb over HyperBand's brackets: one for a
+        # single epoch); cfo runs each trial to its own end
+        assert meta["scheduler"] == ("asha" if s in ("efficient", "asha", "bohb") else "fifo"), s
         trials = pd.read_csv(out / s / "seed0" / "trials.csv")
         assert len(trials) == 3 and (trials["status"] == "TERMINATED").all()
-        assert trials["accuracy"].between(0, 1).all() and (trials["energy_j"] > 0).all()
+        energy = trials["energy_j"].astype(float)
+        assert trials["accuracy"].between(0, 1).all() and (np.isfinite(energy) & (energy > 0)).all(), s
         assert (trials["source"] == "cpu=estimated:cpu-time").all()
         for path in trials["path"]:  # each trial's own energy records, written by EnergyMonitor
             windows = read_windows(path)
@@ -94,22 +139,25 @@ def test_compare_runs_every_strategy_and_writes_table_and_plots(tmp_path: Path):
     text = (out / "compare.md").read_text()
     assert "energy_to_target_j" in text and "study_energy_j" in text and "framework_share" in text
     assert "## Differences" in text and "efficient vs grid" in text
+    for s in ("asha", "bohb", "cfo"):  # the peers in the table and in the differences the seeds resolve
+        assert f"| {s} " in text and f"- {s} vs grid, best accuracy: " in text, s
     assert (out / "multi" / "seed0" / "summary.md").read_text().count("Pareto set") == 1
 
 
 def test_two_node_loopback_cluster(tmp_path: Path):
-    out = tmp_path / "study"
+    out, gateway = tmp_path / "study", tmp_path / "gateway"
     port = 26379 + os.getpid() % 1000
     # In a PID namespace of its own, `ray stop` stops this cluster only, not other tests' Ray.
     bash(f"""
         [ -n "${{IN_PIDNS:-}}" ] || IN_PIDNS=1 exec unshare -p -f --mount-proc bash "$0"
-        trap 'ray stop --force >/dev/null 2>&1 || true' EXIT
+        {start_gateway(gateway)}
+        trap 'ray stop --force >/dev/null 2>&1 || true; kill $receiver 2>/dev/null || true' EXIT
         export RAY_AUTH_MODE=token  # Ray >= 2.59 authenticates local clusters; every node and the driver share the token
         ray start --head --port={port} --num-cpus=1 --include-dashboard=false --disable-usage-stats >/dev/null
         ray start --address=127.0.0.1:{port} --num-cpus=1 --disable-usage-stats >/dev/null
         python -c "import ray, time; ray.init(address='127.0.0.1:{port}'); [time.sleep(0.2) for _ in range(100) if ray.cluster_resources().get('CPU', 0) < 2]"
-        lightning-green tune tune.ray_address=127.0.0.1:{port} tune.num_samples=4 tune.max_concurrent=2 tune.reuse_actors=false trainer.max_epochs=1 hydra.run.dir={out}
-    """, tmp_path)  # fmt: skip
+        lightning-green tune tune.ray_address=127.0.0.1:{port} tune.num_samples=4 tune.max_concurrent=2 tune.reuse_actors=false trainer.max_epochs=1 {PUSH} tune.name=two hydra.run.dir={out}
+    """, tmp_path, env=NO_PROXY)  # fmt: skip
     meta = json.loads((out / "study.json").read_text())
     assert meta["cluster"]["nodes"] == 2 and meta["cluster"]["address"] == f"127.0.0.1:{port}"
     trials = pd.read_csv(out / "trials.csv")
@@ -124,23 +172,33 @@ def test_two_node_loopback_cluster(tmp_path: Path):
     assert any(n.get("node") == "driver" for n in meta["nodes"])
     assert meta["study_energy_j"] == pytest.approx(sum(n["energy_j"] for n in meta["nodes"]), rel=1e-9)
     assert 0 < meta["energy_used_j"] <= meta["study_energy_j"]
+    # Trials on both nodes push with their study's labels; the study pushes the driver's and every
+    # node's figure (a device of each node's own), adding up to study.json's
+    pushed = pushed_energy(gateway, {"study": "two", "strategy": "random", "seed": "0"})
+    assert set(pushed) == {*pd.read_csv(out / "trials.csv", dtype={"trial_id": str})["trial_id"], "study"}
+    devices = {lab["device"].rsplit("/", 1)[0] for lab, _ in pushed["study"] if "/" in lab["device"]}
+    assert len(devices) == 2  # one prefix per node (both on this host: host:node id)
+    assert sum(v for _, v in pushed["study"]) == pytest.approx(meta["study_energy_j"], rel=1e-9)
 
 
 def test_concurrent_trials_on_a_shared_package_claim_no_more_than_the_study(tmp_path: Path):
     """Two trials at once on one (emulated) RAPL package that follows the machine's real CPU use:
     each trial's records carry its CPU-time share of the package, and together the trials claim
-    no more than the whole study measured on the same counter."""
-    out, root = tmp_path / "study", tmp_path / "powercap"
+    no more than the whole study measured on the same counter. With an exporter in the config
+    (a Pushgateway, stood in for by a loopback receiver), each trial pushes its figures labelled
+    with the study and itself, and the study pushes its own energy, the figure in study.json."""
+    out, root, gateway = tmp_path / "study", tmp_path / "powercap", tmp_path / "gateway"
     bash(f"""
         python -m lightning_green.testing {root} &
         rapl=$!
-        trap 'kill $rapl 2>/dev/null || true' EXIT
+        {start_gateway(gateway)}
+        trap 'kill $rapl $receiver 2>/dev/null || true' EXIT
         for i in $(seq 1 100); do [ -f {root}/intel-rapl:0/energy_uj ] && break; sleep 0.1; done
         lightning-green tune energy.backend=rapl energy.rapl_root={root} tune.max_concurrent=2 tune.num_samples=4 \
-          {" ".join(TINY[1:])} hydra.run.dir={out}
-    """, tmp_path)  # fmt: skip
+          {" ".join(TINY[1:])} {PUSH} hydra.run.dir={out}
+    """, tmp_path, env=NO_PROXY)  # fmt: skip
     meta = json.loads((out / "study.json").read_text())
-    trials = pd.read_csv(out / "trials.csv")
+    trials = pd.read_csv(out / "trials.csv", dtype={"trial_id": str})
     assert len(trials) == 4 and (trials["status"] == "TERMINATED").all()
     assert trials["source"].str.contains("measured:rapl").all()
     for path in trials["path"]:
@@ -150,6 +208,17 @@ def test_concurrent_trials_on_a_shared_package_claim_no_more_than_the_study(tmp_
     assert "measured:rapl" in meta["study_energy_source"]
     assert 0 < meta["energy_used_j"] <= meta["study_energy_j"]
     assert meta["energy_used_j"] == pytest.approx(trials["total_j"].sum(), rel=1e-9)
+    # What reached the gateway: each trial's energy, labelled with the study and its trial id,
+    # is what its records hold; the study's own (stage "study") is the figure in study.json
+    pushed = pushed_energy(gateway, {"study": "study", "strategy": "random", "seed": "0"})
+    assert set(pushed) == {*trials["trial_id"], "study"}
+    for _, trial in trials.iterrows():
+        recorded = sum(w.energy_j for w in read_windows(trial["path"]))
+        assert sum(v for _, v in pushed[trial["trial_id"]]) == pytest.approx(recorded, rel=1e-9)
+    assert {(lab["stage"], lab["run_id"]) for lab, _ in pushed["study"]} == {
+        ("study", meta["parts"][-1]["run_id"])
+    }
+    assert sum(v for _, v in pushed["study"]) == pytest.approx(meta["study_energy_j"], rel=1e-9)
 
 
 def test_crashed_trials_are_retried_then_reported_failed(tmp_path: Path):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from lightning_green.config import CONF_DIR, ConfigError
 from lightning_green.report.pareto import hypervolume_2d, pareto_mask
@@ -103,6 +104,8 @@ def test_grid_levels_are_bin_midpoints_and_sampled_without_replacement():
         ({"optimizer": {"lr": {"type": "normal", "low": 0, "high": 1}}}, r"type must be one of uniform, loguniform, int, choice"),
         ({"optimizer": {"lrr": {"type": "uniform", "low": 0, "high": 1}}}, "the config has no key 'optimizer.lrr'"),
         ({"model": {"activation": {"type": "choice", "values": []}}}, "non-empty list"),
+        ({"model": {"conv_layers": {"type": "int", "low": 1, "high": 4, "cheap": "small"}}}, r"conv_layers\.cheap must be low or high"),
+        ({"data": {"batch_size": {"type": "choice", "values": [16, 64], "cheap": 256}}}, r"batch_size\.cheap must be one of its values \[16, 64\]"),
         ({}, "is empty"),
     ],
 )  # fmt: skip
@@ -128,6 +131,22 @@ def test_bad_spaces_name_the_key(spec, message):
             r"tune\.strategy\.cost_aware_startup must be true or false; got 1",
         ),
         (["tune.scheduler=hyperband"], "tune.scheduler must be one of fifo, asha"),
+        (
+            ["tune/strategy=bohb", "tune.strategy.brackets=0"],
+            r"tune\.strategy\.brackets must be an integer >= 1, or null",
+        ),
+        (
+            ["tune/strategy=bohb", "tune.strategy.multivariate=yes"],
+            r"tune\.strategy\.multivariate must be true or false",
+        ),
+        (
+            ["tune/strategy=bohb", "tune.strategy.n_startup_trials=0"],
+            r"tune\.strategy\.n_startup_trials must be an integer >= 1",
+        ),
+        (
+            ["tune/strategy=asha", "tune.asha.grace_period=0"],
+            r"tune\.asha\.grace_period must be an integer >= 1",
+        ),
         (["trainer.max_epochs=0"], r"trainer\.max_epochs"),
         (["tune.space.params.optimizer.beta2.low=1.5"], r"optimizer\.beta2: the range \[1\.5, 1\.0\)"),
     ],
@@ -141,7 +160,7 @@ def test_bad_study_input_fails_before_ray(overrides, message):
 
 
 def test_every_strategy_and_space_composes():
-    for strategy in ("grid", "random", "bayes", "multi"):
+    for strategy in ("grid", "random", "bayes", "multi", "asha", "bohb", "cfo"):
         for space in ("paper", "extended"):
             with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
                 cfg = compose("tune", overrides=[f"tune/strategy={strategy}", f"tune/space={space}"])
@@ -215,7 +234,7 @@ def test_efficient_searcher_constraint_and_relative_target():
 def test_cost_aware_maths():
     import numpy as np
 
-    from lightning_green.tune.cost_aware import (
+    from lightning_green.tune.cost_model import (
         attempt_cost,
         epochs_to_reach,
         features,
@@ -272,12 +291,11 @@ def test_cost_aware_searcher_prefers_cheap_likely_configurations():
 def test_cost_aware_uses_model_flops_for_compact_features_and_a_cheap_start():
     import numpy as np
 
-    from lightning_green.tune.cost_aware import (
-        CostAwareSearch,
+    from lightning_green.tune.cost_aware import CostAwareSearch, startup_points
+    from lightning_green.tune.cost_model import (
         cost_features,
         log_step_budget,
         prior_log_costs,
-        startup_points,
         success_features,
     )
 
@@ -427,7 +445,7 @@ def test_stop_at_target_stops_at_the_target_or_when_out_of_reach(tmp_path: Path)
 def test_expected_cost_grows_away_from_what_was_measured_and_reach_follows_a_trend():
     import numpy as np
 
-    from lightning_green.tune.cost_aware import expected_cost, reach_model
+    from lightning_green.tune.cost_model import expected_cost, reach_model
 
     # cost measured at log batch 4 and 5 (the same law): a batch never tried costs more in
     # expectation than its point prediction, and more the further it is
@@ -452,3 +470,290 @@ def test_expected_cost_grows_away_from_what_was_measured_and_reach_follows_a_tre
     # Phi((log h - log e) / s) of h epochs sufficing
     p, _ = reach_model(np.zeros((20, 1)), np.full(20, math.log(3.0)), np.zeros((1, 1)), np.array([3.0]))
     assert p[0] == pytest.approx(0.5)
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("tune", overrides=list(overrides))
+    cfg.output_dir = "/x"
+    return cfg
+
+
+def test_asha_settings_are_one_config_node_whatever_the_strategy():
+    from lightning_green.tune.study import asha_scheduler
+
+    for strategy in ("random", "efficient"):
+        cfg = _compose(f"tune/strategy={strategy}", "tune.scheduler=asha")
+        assert dict(cfg.tune.asha) == {"grace_period": 1, "reduction_factor": 3}
+        assert "reduction_factor" not in cfg.tune.strategy  # one place: tune.asha
+        params, _ = prepare(cfg)
+        scheduler = asha_scheduler(cfg, params, {})
+        assert scheduler._reduction_factor == 3 and scheduler._max_t == cfg.trainer.max_epochs + 1
+    cfg = _compose("tune.scheduler=asha", "tune.asha.reduction_factor=4")
+    assert asha_scheduler(cfg, prepare(cfg)[0], {})._reduction_factor == 4
+    assert asha_scheduler(_compose(), [], {}) is None  # fifo: no ASHA
+    with pytest.raises(ConfigError, match=r"tune\.asha\.reduction_factor must be an integer >= 2; got 1"):
+        prepare(_compose("tune/strategy=efficient", "tune.asha.reduction_factor=1"))
+    prepare(_compose("tune.asha.reduction_factor=1"))  # not checked where ASHA is not used
+    with pytest.raises(
+        ConfigError, match=r"^tune\.strategy\.reduction_factor moved: use tune\.asha\.reduction_factor=4$"
+    ):
+        prepare(_compose("tune/strategy=efficient", "+tune.strategy.reduction_factor=4"))
+
+
+def test_the_efficient_strategy_adds_stop_at_target_from_its_config_node():
+    cfg = _compose("tune/strategy=efficient", "tune/space=architecture", "tune.target_accuracy=0.8")
+    params, base = prepare(cfg)
+    assert base["callbacks"]["stop_at_target"] == {
+        "_target_": "lightning_green.StopAtTarget", "monitor": "val_acc", "target": 0.8,
+    }  # fmt: skip
+    # epochs are the budget: not searched, every trial may train the range's top
+    assert "trainer.max_epochs" not in {p.key for p in params}
+    assert base["trainer"]["max_epochs"] == cfg.tune.space.params.trainer.max_epochs.high
+    for off in (
+        ["tune.target_accuracy=null"],
+        ["tune.target_accuracy=0.8", "tune.strategy.stop_at_target=false"],
+    ):
+        _, base = prepare(_compose("tune/strategy=efficient", *off))
+        assert "stop_at_target" not in base["callbacks"]
+    # the node is the config's: its target may differ from tune.target_accuracy
+    _, base = prepare(_compose("tune/strategy=efficient", "tune.target_accuracy=0.8",
+                               "tune.strategy.stop_at_target_callback.target=0.7"))  # fmt: skip
+    assert base["callbacks"]["stop_at_target"]["target"] == 0.7
+
+
+def test_trials_csv_has_one_schema_for_its_writer_and_readers(tmp_path: Path):
+    from types import SimpleNamespace
+
+    from lightning_green.records import TRIALS_FILE
+    from lightning_green.trials import COLUMNS, read_trials, write_trials
+    from lightning_green.tune.results import add_attempts, add_overheads, add_trial_figures, trials_table
+
+    # Ray's results as the results part reads them (no Ray): two trials, one failed
+    grid = [
+        SimpleNamespace(metrics={"trial_id": "00001", "val_acc": 0.9, "energy_j": 2.0, "total_j": 2.5,
+                                 "epochs": 1, "training_iteration": 2, "final": True, "source": "cpu=estimated"},
+                        config={"optimizer": {"lr": 0.01}}, error=None,
+                        path=str(tmp_path / "train_trial_00001_1_lr=0.01")),
+        SimpleNamespace(metrics={"trial_id": "00000", "training_iteration": 1}, config={"optimizer": {"lr": 0.1}},
+                        error=RuntimeError("boom"), path=str(tmp_path / "train_trial_00000_0_lr=0.1")),
+    ]  # fmt: skip
+    df = trials_table(grid, "val_acc", "energy_j")
+    assert list(df["trial_id"]) == ["00000", "00001"]  # creation order
+    meta: dict = {}
+    tune_cfg = _compose().tune
+    add_trial_figures(meta, df, tune_cfg, experiment=tmp_path, attempts=tmp_path / "attempts", max_epochs=3)
+    add_overheads(meta, df, tune_cfg, {"cpus": 2}, wall_s=10.0, started=0.0)
+    assert meta["trials"] == 2 and meta["failed"] == 1 and meta["energy_used_j"] == pytest.approx(2.5)
+    write_trials(df.iloc[:, ::-1], tmp_path)  # whatever order the writer holds them in
+    header = (tmp_path / TRIALS_FILE).read_text().splitlines()[0].split(",")
+    assert header == ["trial_id", "param.optimizer.lr", *(c.name for c in COLUMNS[1:])]
+    back = read_trials(tmp_path)
+    assert back["trial_id"].tolist() == ["00000", "00001"]  # ids of digits stay text
+    assert back["status"].tolist() == ["ERROR", "TERMINATED"] and back["error"].iloc[0].startswith(
+        "RuntimeError"
+    )
+    with pytest.raises(ValueError, match=r"\['surprise'\] are not in lightning_green.trials.COLUMNS"):
+        write_trials(df.assign(surprise=1), tmp_path)
+    write_trials(pd.DataFrame(), tmp_path)  # a study with no trial: the header alone
+    assert read_trials(tmp_path).empty and list(read_trials(tmp_path).columns) == [c.name for c in COLUMNS]
+    assert read_trials(tmp_path / "none").empty
+    add_attempts(df, tmp_path, tmp_path)  # idempotent on a table that has its columns already
+    assert df["energy_from"].tolist() == ["none", "final report"]
+
+
+def test_a_study_labels_its_trials_exporters_and_exports_its_own_energy():
+    from lightning_green.energy.reading import DomainEnergy, Reading
+    from lightning_green.export import PushgatewayExporter
+    from lightning_green.tune.exporting import label_exporters, study_exporters, study_labels
+    from lightning_green.tune.study_energy import part_record
+
+    gateway = {"_target_": "lightning_green.export.PushgatewayExporter", "gateway": "http://127.0.0.1:1"}
+    cfg = _compose(
+        "tune/strategy=bayes", "tune.name=rq2",
+        f"callbacks.energy_monitor.exporters=[{{_target_:{gateway['_target_']},gateway:'{gateway['gateway']}',"
+        "labels:{team:ml}}, {_target_:builtins.dict}]",
+    )  # fmt: skip
+    labels = study_labels(cfg.tune, 3)
+    assert labels == {"study": "rq2", "strategy": "bayes", "seed": "3"}
+    trial = OmegaConf.create(prepare(cfg)[1])  # the tree a trial starts from
+    assert label_exporters(trial.callbacks, {**labels, "trial": "ab_00002"}) == 1  # dict takes no labels
+    pushed, other = trial.callbacks.energy_monitor.exporters
+    assert dict(pushed.labels) == {"team": "ml", **labels, "trial": "ab_00002"} and "labels" not in other
+    study, plain = study_exporters(cfg, labels)  # on the driver: the same exporters, the study's labels
+    assert plain == {}  # one that takes no labels is built as it is
+    assert isinstance(study, PushgatewayExporter)
+    assert study.grouping_key == {"instance": study._metrics.node, "team": "ml", **labels}
+    cfg.callbacks.energy_monitor._enabled_ = False
+    assert study_exporters(cfg, labels) == []
+    # the study's part as one record: the driver's domains, then each node's, adding up to the part
+    reading = Reading(0.0, 10.0, 10.0, (DomainEnergy("cpu", "process", 30.0, "estimated:cpu-time"),))
+    nodes = [
+        {"host": "w", "node_id": "aaaa1111x", "energy_j": 5.0, "complete": True,
+         "domains": [{"domain": "cpu", "device": "process", "joules": 5.0, "source": "estimated:cpu-time"}]},
+        {"host": "w", "node_id": "bbbb2222x", "energy_j": 7.0, "complete": True,
+         "domains": [{"domain": "cpu", "device": "process", "joules": 7.0, "source": "estimated:cpu-time"}]},
+    ]  # fmt: skip
+    record = part_record(reading, nodes, "run1")
+    assert record.stage == "study" and record.run_id == "run1" and record.energy_j == 42.0
+    assert [d["device"] for d in record.domains] == ["process", "w:aaaa1111/process", "w:bbbb2222/process"]
+    assert sum(d["joules"] for d in record.domains) == 42.0
+
+
+# ---------------------------------------------------------------- the peers: asha, bohb, cfo
+
+
+def test_an_unknown_strategy_is_one_line_listing_every_strategy():
+    from lightning_green.tune.strategies import STRATEGIES
+
+    assert STRATEGIES[-3:] == ("asha", "bohb", "cfo")
+    with pytest.raises(ConfigError) as err:
+        prepare(_compose("tune.strategy.name=hyperopt"))
+    assert str(err.value) == (
+        "tune.strategy.name must be one of grid, random, bayes, multi, efficient, asha, bohb, cfo; got 'hyperopt'"
+    )
+    # compare checks its list against the same names before anything runs
+    from lightning_green.tune_cli import _check_compare
+
+    compare = OmegaConf.create({"strategies": ["efficient", "asha", "bohb", "cfo"], "target_fraction": 0.95,
+                                "seeds": [0], "reference_energy_j": None})  # fmt: skip
+    _check_compare(compare)
+    compare.strategies = ["efficient", "smac"]
+    with pytest.raises(
+        ConfigError,
+        match=r"of grid, random, bayes, multi, efficient, asha, bohb, cfo; got \['efficient', 'smac'\]$",
+    ):
+        _check_compare(compare)
+
+
+def test_cfo_without_flaml_is_one_line_with_the_install_hint_before_ray(monkeypatch: pytest.MonkeyPatch):
+    import sys
+
+    import ray
+
+    monkeypatch.setitem(sys.modules, "flaml", None)  # `import flaml` raises ImportError
+    with pytest.raises(ConfigError) as err:
+        prepare(_compose("tune/strategy=cfo", "tune/space=architecture"))
+    line = str(err.value)
+    assert "\n" not in line and line.startswith(
+        'tune.strategy=cfo needs FLAML: pip install "lightning-green[flaml]"'
+    )
+    assert not ray.is_initialized()
+    prepare(_compose("tune/strategy=bohb"))  # the other strategies do not need it
+    monkeypatch.delitem(sys.modules, "flaml")
+    prepare(_compose("tune/strategy=cfo"))  # installed (the dev extra has it)
+
+
+def test_peer_strategies_share_efficients_budget_epochs_and_asha():
+    from lightning_green.tune.strategies import search_setup, uses_asha
+    from lightning_green.tune.study import asha_scheduler, study_meta
+
+    budget = ("tune/space=architecture", "tune.num_samples=7", "tune.max_concurrent=1")
+    for name in ("efficient", "asha", "bohb", "cfo"):
+        cfg = _compose(f"tune/strategy={name}", *budget)
+        params, base = prepare(cfg)
+        keys = {p.key for p in params}
+        _, _, kw = search_setup(cfg.tune.strategy, params, cfg.tune, 3, base)
+        assert kw["num_samples"] == 7  # the same trial budget
+        scheduler = asha_scheduler(cfg, params, kw, seed=3)
+        if name == "cfo":  # epochs searched from the cheap end (capped at the same top), no scheduler
+            assert "trainer.max_epochs" in keys and scheduler is None and not uses_asha(cfg.tune)
+            continue
+        # epochs are the budget: not searched; each trial may train the range's top, ASHA stops it
+        assert "trainer.max_epochs" not in keys and base["trainer"]["max_epochs"] == 6
+        assert uses_asha(cfg.tune) and scheduler._max_t == 7 and scheduler._reduction_factor == 3
+        meta = study_meta(cfg, params, 3, {})
+        assert meta["scheduler"] == "asha" and meta["asha"]["grace_period"] == 1
+        # bohb: HyperBand's brackets (first rung after 1 and after 3 epochs); the others: one
+        assert len(scheduler._brackets) == meta["asha"]["brackets"] == (2 if name == "bohb" else 1)
+        if name != "efficient":
+            assert "stop_at_target" not in (base.get("callbacks") or {})  # efficient's own callback
+    cfg = _compose("tune/strategy=bohb", "tune.strategy.brackets=1")
+    assert len(asha_scheduler(cfg, prepare(cfg)[0], {"metric": "val_acc"})._brackets) == 1
+    cfg = _compose("tune/strategy=asha", "tune/space=architecture", "tune.strategy.search_epochs=true")
+    assert "trainer.max_epochs" in {p.key for p in prepare(cfg)[0]}
+
+
+def test_hyperband_brackets_and_their_seeded_draw():
+    from types import SimpleNamespace
+
+    from lightning_green.tune.peers import SeededASHA, hyperband_brackets
+
+    # floor(log_3(max_t / grace)) + 1
+    assert [hyperband_brackets(t, 1, 3) for t in (1, 2, 3, 7, 9, 26, 27)] == [1, 1, 2, 2, 3, 3, 4]
+    assert hyperband_brackets(8, 2, 2) == 3
+
+    def draws(seed: int) -> list[int]:
+        s = SeededASHA(metric="val_acc", mode="max", max_t=27, grace_period=1, reduction_factor=3,
+                       brackets=4, seed=seed)  # fmt: skip
+        for i in range(40):
+            s.on_trial_add(None, SimpleNamespace(trial_id=str(i)))
+        return [s._brackets.index(s._trial_info[str(i)]) for i in range(40)]
+
+    assert draws(0) == draws(0) != draws(1)
+    assert set(draws(0)) == {0, 1, 2, 3} and draws(0).count(0) > draws(0).count(3)  # softmax over rungs
+
+
+def test_cfo_starts_at_the_spaces_cheap_end_and_is_seeded():
+    from lightning_green.tune.peers import cfo_search, frugal_space, low_cost_config
+
+    params = parse_space(OmegaConf.load(CONF_DIR / "tune" / "space" / "architecture.yaml").params)
+    assert low_cost_config(params) == {
+        "model.conv_layers": 1, "model.base_channels": 1, "model.hidden_units": 16, "data.batch_size": 256,
+        "trainer.max_epochs": 1,
+    }  # fmt: skip
+    assert (
+        low_cost_config(parse_space(OmegaConf.load(CONF_DIR / "tune" / "space" / "paper.yaml").params)) == {}
+    )
+    high = Param("optimizer.lr", "loguniform", 1e-3, 0.1, cheap="high")
+    assert 0.1 - 1e-12 < high.cheapest() < 0.1 and Param("m.d", "int", 1, 4, cheap="high").cheapest() == 4
+    beta2 = frugal_space([Param("optimizer.beta2", "uniform", 0.8, 1.0)])["optimizer"]["beta2"]
+    assert beta2.upper < 1.0 and beta2.upper == pytest.approx(1.0)  # FLAML may round onto its upper bound
+
+    def run(seed: int) -> list[dict]:
+        search = cfo_search(params, "val_acc", "energy_j", seed)
+        assert search.cost_attr == "energy_j"  # a trial's cost is its energy
+        out = []
+        for i in range(6):
+            config = search.suggest(f"t{i}")
+            if config is None:
+                continue
+            out.append(config)
+            steps = config["trainer"]["max_epochs"] * 1440 / config["data"]["batch_size"]
+            result = {"val_acc": min(0.99, 0.3 + 0.05 * steps**0.5), "energy_j": steps * 0.1}
+            search.on_trial_complete(f"t{i}", result)  # Ray's results may not carry "config"
+        return out
+
+    first = run(0)
+    assert first[0]["model"] == {"conv_layers": 1, "base_channels": 1, "hidden_units": 16}
+    assert first[0]["data"] == {"batch_size": 256} and first[0]["trainer"]["max_epochs"] == 1
+    assert len(first) >= 3 and run(0) == first and run(1) != first
+    for config in first:  # Python values: a trial's config tree takes them
+        assert type(config["optimizer"]["lr"]) is float and type(config["trainer"]["precision"]) is str
+    # a trial that ended without an accuracy is an error to FLAML, not a crash of the study
+    search = cfo_search(params, "val_acc", "energy_j", 0)
+    search.suggest("a")
+    search.on_trial_complete("a", {"energy_j": 1.0})
+    search.on_trial_complete("b", None, error=True)  # never proposed: ignored
+    assert search.suggest("c") is not None
+
+
+def test_bohb_proposes_with_a_seeded_tpe():
+    from lightning_green.tune.peers import bohb_search
+    from lightning_green.tune.space import nested
+
+    params = parse_space(OmegaConf.load(CONF_DIR / "tune" / "space" / "paper.yaml").params)
+    space = nested({p.key: p.ray() for p in params})
+
+    def run(seed: int) -> list[dict]:
+        search = bohb_search("val_acc", seed, startup=2)
+        search.set_search_properties(None, None, space)
+        sampler = search._sampler
+        assert type(sampler).__name__ == "TPESampler" and sampler._multivariate
+        out = []
+        for i in range(4):
+            out.append(search.suggest(f"t{i}"))
+            search.on_trial_complete(f"t{i}", {"val_acc": out[-1]["optimizer"]["beta1"]})
+        return out
+
+    assert run(0) == run(0) != run(1)

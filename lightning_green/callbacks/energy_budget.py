@@ -16,7 +16,7 @@ from typing_extensions import override
 from lightning_green._checks import check_bool, check_int, check_number
 from lightning_green.callbacks.energy_monitor import EnergyMonitor
 from lightning_green.callbacks.publish import publish
-from lightning_green.energy.carbon import JOULES_PER_KWH
+from lightning_green.carbon import JOULES_PER_KWH
 
 ON_EXCEED = ("stop", "warn")
 CHECKS = ("spent", "forecast")

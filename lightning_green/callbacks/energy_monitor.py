@@ -1,14 +1,13 @@
 """Per-epoch energy of training, validation and testing, logged and written to disk.
 
-The hooks decide *when* a window opens and closes; :mod:`lightning_green.ledger` keeps what the
-windows add up to.
+A thin callback, in the shape of Lightning's ``ThroughputMonitor``: the hooks decide *when* a window
+opens and closes; :mod:`~lightning_green.callbacks.monitor_settings` checks the arguments and builds
+the meter, :mod:`~lightning_green.callbacks.recorder` does the rest, without Lightning.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,26 +17,20 @@ from lightning.pytorch.utilities import rank_zero_deprecation, rank_zero_info, r
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from typing_extensions import override
 
-from lightning_green._checks import check_bool, check_int, check_number
 from lightning_green.callbacks.fit_forecast import ForecastSchedule, last_epoch
 from lightning_green.callbacks.forecast import Forecast
+from lightning_green.callbacks.monitor_settings import MonitorSettings
 from lightning_green.callbacks.placement import default_output_dir, own_gpus
 from lightning_green.callbacks.publish import publish
-from lightning_green.callbacks.windows import Windows
-from lightning_green.energy import DEFAULT_WATTS_PER_CORE, Meter, Reading, make_meter
-from lightning_green.energy.attribution import check_attribution
-from lightning_green.energy.baseline import IdleBaseline, given_baseline, measure_idle
-from lightning_green.energy.carbon import DEFAULT_CARBON_INTENSITY, DEFAULT_PUE, CarbonModel
-from lightning_green.energy.grid import IntensityProvider
+from lightning_green.callbacks.recorder import EnergyRecorder, forecast_metrics
+from lightning_green.carbon import IntensityProvider
+from lightning_green.carbon.co2e import DEFAULT_CARBON_INTENSITY, DEFAULT_PUE
+from lightning_green.energy import Meter, Reading
+from lightning_green.energy.baseline import IdleBaseline
+from lightning_green.energy.estimate import DEFAULT_WATTS_PER_CORE
 from lightning_green.energy.rapl import DEFAULT_ROOT
-from lightning_green.energy.select import check_backend
-from lightning_green.ledger import PREDICT as _PRED
-from lightning_green.ledger import SANITY as _SANITY
-from lightning_green.ledger import TEST as _TEST
-from lightning_green.ledger import TRAIN as _TRAIN
-from lightning_green.ledger import VAL as _VAL
-from lightning_green.ledger import EnergyLedger, Exporter
-from lightning_green.records import RECORDS_FILE, SUMMARY_FILE, EnergySummary, RecordWriter
+from lightning_green.ledger import PREDICT, SANITY, TEST, TRAIN, VAL, Exporter
+from lightning_green.records import EnergySummary
 
 
 class EnergyMonitor(Callback):
@@ -106,7 +99,7 @@ class EnergyMonitor(Callback):
         output_dir: Where records go. Default: the logger's log dir, else ``./lightning_green_logs``.
         carbon_intensity: Grid carbon intensity: gCO2e/kWh, a place of the packaged table (a country
             ``"DE"``, a grid region ``"US-CA"``, a cloud region ``"aws:eu-west-1"``) or a live
-            :class:`~lightning_green.energy.grid.IntensityProvider`. Default ``"WORLD"``: 475,
+            :class:`~lightning_green.carbon.IntensityProvider`. Default ``"WORLD"``: 475,
             the IEA's 2019 world average. Records and the summary say which value and source.
         pue: Power usage effectiveness of the facility, >= 1 (default 1.0: the devices alone).
         watts_per_core: Watts per busy core for the CPU-time estimate (default 12, Green Algorithms).
@@ -180,55 +173,45 @@ class EnergyMonitor(Callback):
         attribution: str = "auto",
         exporters: list[Exporter] | None = None,
     ) -> None:
-        check_backend(backend)
-        self.attribution = check_attribution(attribution)
-        self.baseline_s = check_number("baseline_s", baseline_s, minimum=0.0, unit="seconds")
-        self.baseline: IdleBaseline | None = given_baseline(idle_w) if idle_w is not None else None
-        if meter is not None and not isinstance(meter, Meter):
-            raise ValueError(f"meter must be a lightning_green.energy.Meter or None; got {meter!r}")
-        self._user_meter = meter
-        self.sync_reads = check_bool("sync_reads", sync_reads)
-        self.forecast_warmup_steps = check_int("forecast_warmup_steps", forecast_warmup_steps, 0)
-        self.forecast_every_n_steps = (
-            None
-            if forecast_every_n_steps is None
-            else check_int("forecast_every_n_steps", forecast_every_n_steps, 1)
+        #: The arguments, checked (see :class:`~lightning_green.callbacks.monitor_settings.MonitorSettings`).
+        self.settings = MonitorSettings.check(
+            backend=backend,
+            output_dir=output_dir,
+            carbon_intensity=carbon_intensity,
+            pue=pue,
+            watts_per_core=watts_per_core,
+            rapl_root=rapl_root,
+            log=log,
+            sync_reads=sync_reads,
+            forecast_warmup_steps=forecast_warmup_steps,
+            forecast_every_n_steps=forecast_every_n_steps,
+            meter=meter,
+            baseline_s=baseline_s,
+            idle_w=idle_w,
+            carbon_live=carbon_live,
+            carbon_live_url=carbon_live_url,
+            attribution=attribution,
+            carbon_intensity_g_per_kwh=carbon_intensity_g_per_kwh,
+            deprecated=rank_zero_deprecation,
         )
-        check_bool("log", log)
-        self.watts_per_core = check_number("watts_per_core", watts_per_core, above=0.0, unit="watts")
-        if carbon_intensity_g_per_kwh is not None:
-            if carbon_intensity != DEFAULT_CARBON_INTENSITY:
-                raise ValueError("give carbon_intensity or its old name carbon_intensity_g_per_kwh, not both")
-            rank_zero_deprecation("EnergyMonitor(carbon_intensity_g_per_kwh=) is now carbon_intensity=")
-            carbon_intensity = carbon_intensity_g_per_kwh
-        self.carbon = CarbonModel(carbon_intensity, pue, live=carbon_live, live_url=carbon_live_url)
-        self.backend = backend
-        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.carbon = self.settings.carbon
         self._key_dir = None if output_dir is None else str(output_dir)
-        self.rapl_root = rapl_root
-        self.log_metrics = log
+        #: The windows and where their figures go (see :mod:`lightning_green.callbacks.recorder`).
+        self.recorder = EnergyRecorder(self.settings, list(exporters or []), rank_zero_warn)
         #: The run's totals, records and checkpoint state (see :mod:`lightning_green.ledger`).
-        self.ledger = EnergyLedger(self.carbon)
-        #: Where each closed window and the final summary also go (Prometheus, OpenTelemetry, ...).
-        self.exporters: list[Exporter] = list(exporters or [])
-        self.forecast: Forecast | None = None
-        self.meter: Meter | None = None
-        self._windows: Windows | None = None
+        self.ledger = self.recorder.ledger
+        #: Where each closed window and the final summary also go (the recorder's list).
+        self.exporters = self.recorder.exporters
         self._fits = 0
-        self._is_writer = False
-        self._world_size = 1
-        self._paused_train = False
         self._epoch_val_j = 0.0
         self._stage: str | None = None
         self._new_fit_state()
 
     def _new_fit_state(self) -> None:
-        self.forecast = None
-        self._schedule = ForecastSchedule(self.forecast_warmup_steps, self.forecast_every_n_steps)
-        self._warned: set[str] = set()
-        self._described = ""
+        self.recorder.new_fit()
+        s = self.settings
+        self._schedule = ForecastSchedule(s.forecast_warmup_steps, s.forecast_every_n_steps)
 
-    # ------------------------------------------------------------------ the accessor
     @classmethod
     def of(cls, trainer: pl.Trainer, who: str = "this callback") -> EnergyMonitor:
         """The Trainer's EnergyMonitor: the one way other callbacks and tools read a run's energy
@@ -269,6 +252,26 @@ class EnergyMonitor(Callback):
 
     # ------------------------------------------------------------------ the run's figures
     @property
+    def meter(self) -> Meter | None:
+        """What reads the energy, between set-up and teardown (else ``None``)."""
+        return self.recorder.meter
+
+    @property
+    def output_dir(self) -> Path | None:
+        """Where the records go (the Trainer's default is known from set-up on global rank zero)."""
+        return self.recorder.output_dir
+
+    @property
+    def baseline(self) -> IdleBaseline | None:
+        """The devices' idle power, given or measured at the first set-up (``None`` before)."""
+        return self.recorder.baseline
+
+    @property
+    def forecast(self) -> Forecast | None:
+        """The latest forecast of the fit's energy (``None`` before there is one)."""
+        return self.recorder.forecast
+
+    @property
     def run_id(self) -> str:
         return self.ledger.run_id
 
@@ -291,7 +294,7 @@ class EnergyMonitor(Callback):
 
         Rank-local under DDP until the window closes and the ranks' readings are merged.
         """
-        return self.ledger.spent_j(self._windows.pending_j() if self._windows is not None else 0.0)
+        return self.recorder.spent_j()
 
     def note_stop(self, reason: str) -> None:
         """Record why a callback asked the fit to stop (written to the summary as ``stopped_by``)."""
@@ -299,17 +302,9 @@ class EnergyMonitor(Callback):
 
     def summary(self) -> EnergySummary:
         """The totals, as written to ``energy_summary.json`` (a typed record; ``summary()["total_j"]`` works too)."""
-        meter = self.meter
-        return self.ledger.summary(
-            meter=meter.describe() if meter is not None else None,
-            assumptions=meter.assumptions if meter is not None else {},
-            world_size=self._world_size,
-            attribution=self.attribution,
-            baseline=self.baseline.to_dict() if self.baseline is not None else None,
-            forecast=asdict(self.forecast) if self.forecast is not None else None,
-        )
+        return self.recorder.summary()
 
-    # ------------------------------------------------------------------ set-up
+    # ------------------------------------------------------------------ set-up and the end
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._stage = stage
@@ -324,70 +319,18 @@ class EnergyMonitor(Callback):
         if self.meter is not None:
             return
         self.carbon.start()  # a live provider's first fetch (bounded by its timeout)
-        self._world_size = trainer.world_size
-        self.meter = self._user_meter or make_meter(
-            self.backend,
-            gpu_indices=own_gpus(trainer),
-            measure_node=trainer.local_rank == 0,
-            watts_per_core=self.watts_per_core,
-            rapl_root=self.rapl_root,
-            # Under DDP the other ranks may be rank 0's children: each rank counts only itself.
-            include_children=trainer.world_size == 1,
-            sync_reads=self.sync_reads,
-            attribution=self.attribution,
+        meter = self.settings.make_meter(
+            own_gpus(trainer), measure_node=trainer.local_rank == 0, world_size=trainer.world_size
         )
-        self._windows = Windows(self.meter, self._meter_failed)
-        self._measure_baseline()
-        self._is_writer = trainer.is_global_zero
-        if self._is_writer:
-            if self.output_dir is None:
-                self.output_dir = default_output_dir(trainer)
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            self.ledger.writer = RecordWriter(self.output_dir / RECORDS_FILE)
-            self.ledger.summary_path = self.output_dir / SUMMARY_FILE
-        description = self.meter.describe()
-        # Once per monitor: a later stage (test) says it again only if it changed.
-        if description != self._described:
-            rank_zero_info(f"lightning-green EnergyMonitor: {description}")
-            self._described = description
-
-    def _measure_baseline(self) -> None:
-        """Idle power per device, once per monitor, before anything of ours runs on it."""
-        if self.baseline is not None or self.baseline_s == 0 or self.meter is None:
-            return
-        if not any(c.source.startswith("measured") for c in self.meter.channels):
-            self.baseline = IdleBaseline(
-                {}, "none needed: an estimate counts only the process's own CPU time"
-            )
-            return
-        try:
-            self.baseline = measure_idle(self.meter, self.baseline_s)
-        except Exception as err:  # no baseline: dynamic energy unknown, training goes on
-            self.meter.discard_window("idle_baseline")
-            rank_zero_warn(
-                f"lightning-green: the idle baseline could not be measured ({err!r}); no dynamic energy"
-            )
-            self.baseline = IdleBaseline({}, f"failed: {err!r}")
-            return
-        if self.baseline.busy:
-            rank_zero_warn(
-                "lightning-green: the devices may not have been idle while the idle baseline was measured ("
-                + "; ".join(self.baseline.busy)
-                + "), so dynamic energy may be understated; pass idle_w={...} or measure on an idle machine."
-            )
-        rank_zero_info(
-            "lightning-green EnergyMonitor: idle baseline "
-            + (", ".join(f"{k} {w:.1f} W" for k, w in self.baseline.watts.items()) or "none")
-            + f" ({self.baseline.how})"
-        )
+        writer_dir = (self.output_dir or default_output_dir(trainer)) if trainer.is_global_zero else None
+        self.recorder.start(meter, trainer.world_size, writer_dir, self.settings.baseline_s, rank_zero_info)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.meter is None:
             return
-        self._close_open_windows(trainer, reason="teardown")
-        self._write_summary(finished=self.ledger.ended_by is None)
-        self._release()
+        finished = self.ledger.ended_by is None
+        self.recorder.end("teardown", finished, self.settings.meter, lambda: _position(trainer))
 
     @override
     def on_exception(
@@ -401,140 +344,21 @@ class EnergyMonitor(Callback):
         self.ledger.ended_by = reason
         if self.meter is None:
             return
-        try:
-            self._close_open_windows(trainer, reason=reason)
-        finally:
-            self._write_summary(finished=False)
-            self._release()
-
-    def _close_open_windows(self, trainer: pl.Trainer, reason: str) -> None:
-        """Record windows still open (or paused) as interrupted records: their energy is not dropped."""
-        for stage in list(self._segments):
-            self._finish(trainer, stage, interrupted=reason)
-        self._paused_train = False
-
-    def _release(self) -> None:
-        self.carbon.close()
-        if self._is_writer:
-            self._export(lambda e: e.close())
-        if self.ledger.writer is not None:
-            self.ledger.writer.close()
-        meter, self.meter, self._windows = self.meter, None, None
-        if meter is not None and meter is not self._user_meter:
-            try:
-                meter.close()
-            except Exception as err:  # a meter that fails to close must not hide the real outcome
-                rank_zero_warn(f"lightning-green: closing the meter failed ({err!r})")
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            rank_zero_warn(message)
+        self.recorder.end(reason, False, self.settings.meter, lambda: _position(trainer))
 
     # ------------------------------------------------------------------ windows
     @property
     def _segments(self) -> dict[str, list[Reading]]:
-        return self._windows.segments if self._windows is not None else {}
+        return self.recorder.segments
 
-    def _begin(self, stage: str) -> None:
-        if self._windows is not None:
-            self._windows.begin(stage)
-
-    def _meter_failed(self, stage: str, err: Exception) -> None:
-        self._warn_once(
-            "meter",
-            f"lightning-green: the meter failed in the {stage} window ({err!r}); the window is recorded "
-            "as incomplete with no figure and training goes on. Further meter failures are not warned about.",
+    def _finish(self, trainer: pl.Trainer, stage: str, settle: bool = False) -> Reading | None:
+        return self.recorder.finish(
+            stage, epoch=trainer.current_epoch, global_step=trainer.global_step, settle=settle
         )
-
-    def _finish(
-        self, trainer: pl.Trainer, stage: str, interrupted: str | None = None, settle: bool = False
-    ) -> Reading | None:
-        """Close window ``stage``, merge ranks, record it; returns the merged reading.
-
-        ``settle``: the last window of a fit (or a test run) waits for the counter sample after
-        its end instead of extrapolating to it (background-sampled meters only).
-        """
-        if self._windows is None:
-            return None
-        reading = self._windows.finish(stage, self.baseline, self._world_size, settle=settle)
-        if reading is not None:
-            self._account(trainer, stage, reading, interrupted=interrupted)
-        return reading
-
-    def _account(
-        self, trainer: pl.Trainer, stage: str, reading: Reading, interrupted: str | None = None
-    ) -> None:
-        if not reading.complete:
-            unread = [d.key for d in reading.domains if not d.complete or d.joules is None]
-            self._warn_once(
-                "incomplete",
-                f"lightning-green: the {stage} window at epoch {trainer.current_epoch} is incomplete "
-                f"({unread}: a counter failed, or a shared counter's part could not be told); its record "
-                "says complete=false and training goes on. Further incomplete windows are not warned about.",
-            )
-        record = self.ledger.record(
-            stage,
-            reading,
-            epoch=trainer.current_epoch,
-            global_step=trainer.global_step,
-            world_size=self._world_size,
-            interrupted=interrupted,
-        )
-        if self._is_writer:
-            self._export(lambda e: e.export_window(record, self.ledger))
-        if self._is_writer and self.ledger.summary_due():
-            self._write_summary(finished=False)
-
-    def _export(self, send: Callable[[Exporter], None]) -> None:
-        """Hand a figure to every exporter; a failing one is warned about once and never ends training."""
-        for exporter in self.exporters:
-            try:
-                send(exporter)
-            except Exception as err:
-                self._warn_once(
-                    f"export:{id(exporter)}",
-                    f"lightning-green: exporter {type(exporter).__name__} failed ({err!r}); training and the "
-                    "records go on. Further failures of it are not warned about.",
-                )
-
-    def _write_summary(self, finished: bool) -> None:
-        if not (self._is_writer and self.output_dir is not None):
-            return
-        summary = self.summary()
-        if finished or self.ledger.ended_by is not None:
-            self._export(lambda e: e.export_summary(summary, finished))
-        self.ledger.write_summary(summary, finished=finished)
-        if self.ledger.summary_error is not None:
-            self._warn_once("summary", f"lightning-green: {self.ledger.summary_error}")
 
     def _log(self, trainer: pl.Trainer, metrics: dict[str, float], reading: Reading) -> None:
-        if not self.log_metrics:
-            return
-        # The running total includes the training of the epoch so far (paused around validation),
-        # so a tool reading it at validation end (Ray's callbacks, EarlyStopping) sees every joule.
-        paused = self._segments.get(_TRAIN, ())
-        pending = sum(r.joules for r in paused)
-        total = self.ledger.spent_j(pending)
-        intensity = self.carbon.current()
-        metrics = {
-            **metrics,
-            "energy/total_j": total,
-            "energy/total_kwh": self.carbon.kwh(total),
-            "energy/co2e_g": self.ledger.co2e_g(pending, intensity),
-            "carbon/intensity_g_per_kwh": intensity.g_per_kwh,
-            "energy/complete": float(reading.complete),
-        }
-        dynamic = self.ledger.totals.dynamic_j
-        if self.baseline is not None and dynamic is not None:
-            metrics["energy/total_dynamic_j"] = dynamic + sum(r.dynamic_joules or 0.0 for r in paused)
-        publish(trainer, metrics)
-
-    def _train_j_now(self) -> float:
-        if self._windows is None:
-            return self.ledger.fit_train_j
-        paused = sum(r.joules for r in self._windows.paused(_TRAIN))
-        return self.ledger.fit_train_j + paused + self._windows.open_j(_TRAIN)
+        if self.settings.log:
+            publish(trainer, self.recorder.metrics(metrics, reading))
 
     # ------------------------------------------------------------------ train
     @override
@@ -544,95 +368,68 @@ class EnergyMonitor(Callback):
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_val_j = 0.0
-        self._begin(_TRAIN)
+        self.recorder.begin(TRAIN)
 
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._schedule.batch_done(self._train_j_now):
-            self._update_forecast(trainer, mid_epoch=True)
-
-    def _update_forecast(self, trainer: pl.Trainer, mid_epoch: bool) -> None:
-        led = self.ledger
-        f = self._schedule.predict(
-            trainer,
-            spent_j=self.spent_j() if mid_epoch else led.totals.j,
-            train_j=self._train_j_now() if mid_epoch else led.fit_train_j,
-            val_runs=led.val_runs,
-            val_run_j=led.val_run_j,
-        )
-        if f is None:
-            return
-        self.forecast = f
-        self.ledger.forecast_fit_j = f.fit_j
-        if mid_epoch and self.log_metrics:
-            publish(trainer, _forecast_metrics(f))
+        if self._schedule.batch_done(self.recorder.train_j_now):
+            f = self._schedule.update(trainer, self.recorder, mid_epoch=True)
+            if f is not None and self.settings.log:
+                publish(trainer, forecast_metrics(f))
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        reading = self._finish(trainer, _TRAIN, settle=last_epoch(trainer))
+        reading = self._finish(trainer, TRAIN, settle=last_epoch(trainer))
         if reading is None:
             return
         self.ledger.close_epoch(reading.joules, self._epoch_val_j)
-        self._update_forecast(trainer, mid_epoch=False)
-        metrics = {
-            "energy/train_epoch_j": reading.joules,
-            "time/train_epoch_s": reading.seconds,
-            "power/train_avg_w": reading.watts,
-        }
-        if self.baseline is not None and reading.dynamic_joules is not None:
-            metrics["energy/train_epoch_dynamic_j"] = reading.dynamic_joules
-        if self.forecast is not None:
-            metrics.update(_forecast_metrics(self.forecast))
-        self._log(trainer, metrics, reading)
+        self._schedule.update(trainer, self.recorder, mid_epoch=False)
+        self._log(trainer, self.recorder.train_metrics(reading), reading)
 
     # ------------------------------------------------------------------ validation
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._windows is not None and self._windows.is_open(_TRAIN):
-            self._windows.pause(_TRAIN)
-            self._paused_train = True
-        self._begin(_SANITY if trainer.sanity_checking else _VAL)
+        self.recorder.pause_train()
+        self.recorder.begin(SANITY if trainer.sanity_checking else VAL)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        stage = _SANITY if trainer.sanity_checking else _VAL
+        stage = SANITY if trainer.sanity_checking else VAL
         reading = self._finish(trainer, stage)
-        if reading is None or stage == _SANITY:
+        if reading is None or stage == SANITY:
             return
         self._epoch_val_j += reading.joules
         self._log(trainer, {"energy/val_epoch_j": reading.joules}, reading)
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._paused_train:
-            self._paused_train = False
-            self._begin(_TRAIN)
+        self.recorder.resume_train()
 
     # ------------------------------------------------------------------ test / predict
     @override
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._begin(_TEST)
+        self.recorder.begin(TEST)
 
     @override
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        reading = self._finish(trainer, _TEST, settle=True)
+        reading = self._finish(trainer, TEST, settle=True)
         if reading is not None:
             self._log(trainer, {"energy/test_j": reading.joules}, reading)
 
     @override
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._begin(_PRED)
+        self.recorder.begin(PREDICT)
 
     @override
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._finish(trainer, _PRED, settle=True)
+        self._finish(trainer, PREDICT, settle=True)
 
     # ------------------------------------------------------------------ checkpoints
     @override
     def state_dict(self) -> dict[str, Any]:
-        return self.ledger.state_dict(pending=list(self._segments.get(_TRAIN, ())))
+        return self.ledger.state_dict(pending=list(self._segments.get(TRAIN, ())))
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -643,9 +440,5 @@ class EnergyMonitor(Callback):
         self.ledger.load_state_dict(state_dict)
 
 
-def _forecast_metrics(f: Forecast) -> dict[str, float]:
-    return {
-        "energy/forecast_fit_j": f.fit_j,
-        "energy/forecast_fit_low_j": f.low_j,
-        "energy/forecast_fit_high_j": f.high_j,
-    }
+def _position(trainer: pl.Trainer) -> tuple[int, int]:
+    return trainer.current_epoch, trainer.global_step

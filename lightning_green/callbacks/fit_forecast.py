@@ -13,6 +13,7 @@ from collections.abc import Callable
 import lightning.pytorch as pl
 
 from lightning_green.callbacks.forecast import FitForecaster, Forecast
+from lightning_green.callbacks.recorder import EnergyRecorder
 
 
 class ForecastSchedule:
@@ -64,6 +65,23 @@ class ForecastSchedule:
             val_runs_left=self._val_runs_left(trainer, val_runs),
             val_batches_per_run=val_batches(trainer),
         )
+
+    def update(self, trainer: pl.Trainer, recorder: EnergyRecorder, mid_epoch: bool) -> Forecast | None:
+        """Forecast the fit now and hand the forecast to ``recorder`` and its ledger; ``None`` when
+        there is none (before warm-up, or a fit with no end). Mid-epoch, the energy so far includes
+        the open windows; at an epoch's end, the closed windows are all there is."""
+        led = recorder.ledger
+        f = self.predict(
+            trainer,
+            spent_j=recorder.spent_j() if mid_epoch else led.totals.j,
+            train_j=recorder.train_j_now() if mid_epoch else led.fit_train_j,
+            val_runs=led.val_runs,
+            val_run_j=led.val_run_j,
+        )
+        if f is not None:
+            recorder.forecast = f
+            led.forecast_fit_j = f.fit_j
+        return f
 
     def _val_runs_left(self, trainer: pl.Trainer, val_runs: int) -> float:
         nb = trainer.num_training_batches

@@ -106,8 +106,19 @@ class Windows:
         self.meter.discard_window(stage)  # leave no half-open window behind
 
 
+#: Assumptions that name devices by their channel label (``{"0": "GPU-..."}``): under DDP each
+#: rank's entries are kept, under the rank-prefixed label its domains carry (``"rank1/0"``), so a
+#: record names every rank's GPU and not only the last rank's.
+DEVICE_KEYED = ("gpu_uuids", "gpu_mig")
+
+
 def gather_ranks(local: Reading, world_size: int) -> Reading:
-    """Every rank's reading of one window, merged (rank zero's view; ranks' devices prefixed)."""
+    """Every rank's reading of one window, merged (rank zero's view; ranks' devices prefixed).
+
+    Device identity is kept per rank: the devices of rank ``r`` become ``rank{r}/<device>``, in the
+    domains and in the device-keyed assumptions (:data:`DEVICE_KEYED`: each GPU's UUID, a MIG
+    instance's parent), which are the union over the ranks.
+    """
     if world_size <= 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
         return local
     gathered: list[Reading | None] = [None] * torch.distributed.get_world_size()
@@ -115,6 +126,24 @@ def gather_ranks(local: Reading, world_size: int) -> Reading:
     per_rank = []
     for rank, r in enumerate(gathered):
         assert r is not None
-        domains = tuple(replace(d, device=f"rank{rank}/{d.device}") for d in r.domains)
-        per_rank.append(Reading(r.start_time, r.end_time, r.seconds, domains, r.assumptions))
-    return merge_parallel(per_rank)
+        per_rank.append(_on_rank(r, rank))
+    merged = merge_parallel(per_rank)
+    assumptions = dict(merged.assumptions)
+    for key in DEVICE_KEYED:
+        parts = [r.assumptions.get(key) for r in per_rank]
+        union = {dev: v for part in parts if isinstance(part, dict) for dev, v in part.items()}
+        if union:
+            assumptions[key] = union
+    return replace(merged, assumptions=assumptions)
+
+
+def _on_rank(reading: Reading, rank: int) -> Reading:
+    """``reading`` with its devices named as rank ``rank``'s (``"rank1/0"``)."""
+    prefix = f"rank{rank}/"
+    domains = tuple(replace(d, device=prefix + d.device) for d in reading.domains)
+    assumptions = dict(reading.assumptions)
+    for key in DEVICE_KEYED:
+        value = assumptions.get(key)
+        if isinstance(value, dict):
+            assumptions[key] = {prefix + str(dev): v for dev, v in value.items()}
+    return Reading(reading.start_time, reading.end_time, reading.seconds, domains, assumptions)

@@ -28,14 +28,12 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(f"{path} is not a folder")
     try:
         if len(args.paths) == 1:
-            paths = _report(args.paths[0], args.out)
+            paths, text = _report(args.paths[0], args.out)
         else:
-            paths = _report_several(args.paths, args.out or Path(COMPARED))
+            paths, text = _report_several(args.paths, args.out or Path(COMPARED))
     except (UserInputError, FileNotFoundError) as err:  # a damaged or incomplete folder: one line
         return _fail(str(err))
-    summary = next((p for p in paths if p.name == "summary.md"), None)
-    if summary is not None:  # the table on the console too, then where the files are
-        print(summary.read_text())
+    print(text)  # the key columns in 100 columns (the files have every column), then where the files are
     for p in paths:
         print(p)
     return 0
@@ -45,15 +43,16 @@ def main(argv: list[str] | None = None) -> int:
 COMPARED = "lightning_green_report"
 
 
-def _report_several(paths: list[Path], out: Path) -> list[Path]:
+def _report_several(paths: list[Path], out: Path) -> tuple[list[Path], str]:
     for path in paths:
         if (path / "compare.json").is_file() or (path / "study.json").is_file():
             raise UserInputError(
                 f"{path} is a tuning study or comparison: report it on its own (several folders must be runs)"
             )
-    from lightning_green.report.runs import report_runs
+    from lightning_green.report.runs import report_runs, runs_console
 
-    return report_runs(paths, out)
+    written = report_runs(paths, out)
+    return written, runs_console(out)
 
 
 def _fail(message: str) -> int:
@@ -61,15 +60,17 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _report(path: Path, out: Path | None) -> list[Path]:
+def _report(path: Path, out: Path | None) -> tuple[list[Path], str]:
+    """The files written for a comparison, a study or runs, and what to print of them."""
     if (path / "compare.json").is_file():
-        from lightning_green.report.studies import report_compare
+        from lightning_green.report.compare import report_compare, report_compare_console
 
-        return report_compare(path, out)
+        return report_compare(path, out), report_compare_console(path)
     if (path / "study.json").is_file():
-        from lightning_green.report.studies import report_study
+        from lightning_green.report.studies import report_study, study_console
 
-        return report_study(path, out)
-    from lightning_green.report.runs import report_runs
+        return report_study(path, out), study_console(path)
+    from lightning_green.report.runs import report_runs, runs_console
 
-    return report_runs(path, out)
+    written = report_runs(path, out)
+    return written, runs_console(out or path)

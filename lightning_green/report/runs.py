@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
 
-from lightning_green._plotting import pyplot
-from lightning_green.energy.carbon import JOULES_PER_KWH
+from lightning_green.carbon import JOULES_PER_KWH
 from lightning_green.records import RECORDS_FILE, RUN_FILE, read_run, read_windows
-from lightning_green.report.pareto import pareto_mask
+from lightning_green.report.console import WIDTH, console_table, wrap
+from lightning_green.report.run_plots import plot_runs
+from lightning_green.report.run_plots import point_label as point_label  # re-exported
 
 COLUMNS = [
     "test_acc",
@@ -215,20 +217,20 @@ def main_effects(df: pd.DataFrame, response: str = "energy_j") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_tables(df: pd.DataFrame, out: Path, effects: pd.DataFrame | None) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "summary.csv", out / "summary.md"]
-    df.to_csv(paths[0], index=False)
-    text = ["# lightning-green report", "", markdown_table(df), ""]
-    sources = sorted(set(df["source"]))
-    text.append(
+def notes(df: pd.DataFrame, effects: pd.DataFrame | None, console: bool = False) -> list[str]:
+    """The sentences under a run table: the energy source and what the energy columns cover
+    (without the ``dynamic_j`` definition on the ``console``), runs measured under load, partial
+    runs, and a sweep that is not a factorial design."""
+    sources = sorted(set(map(str, df["source"])))
+    text = [
         f"Energy source: {'; '.join(sources)}. `energy_j` is training energy (train epochs, validation, "
         "sanity check); `total_j` adds the test run."
-    )
-    text.append(
-        "`dynamic_j` is the training energy above the devices' idle baseline (what model choices change; "
-        "NaN without a baseline); an `estimated:cpu-time` figure is dynamic already."
-    )
+    ]
+    if not console:
+        text.append(
+            "`dynamic_j` is the training energy above the devices' idle baseline (what model choices change; "
+            "NaN without a baseline); an `estimated:cpu-time` figure is dynamic already."
+        )
     loaded = (
         df[df["other_cpu_cores"].astype(float) > LOADED_CORES] if "other_cpu_cores" in df else df.iloc[:0]
     )
@@ -250,10 +252,24 @@ def write_tables(df: pd.DataFrame, out: Path, effects: pd.DataFrame | None) -> l
             f"Swept: {', '.join(factors)}. Not a factorial design of two or more factors, so no main effects "
             "(eta^2 needs every combination of at least two factors); compare the rows directly."
         )
+    return text
+
+
+#: Main effects' titles per response.
+RESPONSES = (("energy_j", "training energy"), ("dynamic_j", "dynamic training energy"))
+
+
+def write_tables(df: pd.DataFrame, out: Path, effects: pd.DataFrame | None) -> list[Path]:
+    """``summary.csv``, ``summary.md`` (the table, :func:`notes`, the main effects) and, for a
+    factorial design, ``main_effects.csv``."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "summary.csv", out / "summary.md"]
+    df.to_csv(paths[0], index=False)
+    text = ["# lightning-green report", "", markdown_table(df), "", *notes(df, effects)]
     if effects is not None and not effects.empty:
         paths.append(out / "main_effects.csv")
         effects.to_csv(paths[-1], index=False)
-        for response, title in (("energy_j", "training energy"), ("dynamic_j", "dynamic training energy")):
+        for response, title in RESPONSES:
             part = effects[effects["response"] == response]
             if not part.empty:
                 text += [
@@ -264,6 +280,48 @@ def write_tables(df: pd.DataFrame, out: Path, effects: pd.DataFrame | None) -> l
                 ]
     paths[1].write_text("\n".join(text) + "\n")
     return paths
+
+
+def runs_console(folder: Path, width: int = WIDTH) -> str:
+    """What ``report`` on runs prints, in ``width`` columns, from the files it wrote
+    (``summary.csv``, ``main_effects.csv``): the key columns of the run table (run, swept values,
+    accuracy, energy, status, CO2e, time), the notes that matter (:func:`notes`), the main effects."""
+    df = pd.read_csv(folder / "summary.csv", dtype={"run": str})
+    factors = swept_factors(df)
+    # the folder every run is in said once, each row naming the rest; a status by its first word
+    runs = df["run"].astype(str)
+    prefix = _common_folder(runs.tolist())
+    shown = df.assign(
+        status=df["status"].astype(str).str.split(":").str[0],
+        run=runs.str.removeprefix(f"{prefix}/") if prefix else runs,
+    )
+    columns = ["run", *factors[:3], "test_acc", "energy_j", "status", "dynamic_j", "co2e_g", "seconds",
+               *factors[3:], "other_cpu_cores"]  # fmt: skip
+    file = folder / "main_effects.csv"
+    effects = pd.read_csv(file) if file.is_file() else None
+    head = f"lightning-green report: {len(df)} run{'s' if len(df) != 1 else ''}" + (
+        f" in {prefix}/" if prefix else ""
+    )
+    lines = [wrap(head, width), console_table(shown, columns, width)]
+    lines += [wrap(n, width) for n in notes(df, effects, console=True)]
+    for response, title in RESPONSES if effects is not None else ():
+        part = effects[effects["response"] == response]
+        if not part.empty:
+            lines += [f"Main effects on {title} (eta^2):"]
+            lines += [
+                console_table(part, ["factor", "eta_sq", "change_high_to_low", "levels"], width, keep_end=())
+            ]
+    lines.append(f"All {len(df.columns)} columns: summary.md")
+    return "\n".join(lines)
+
+
+def _common_folder(names: list[str]) -> str:
+    """The folder all of several run names are in (``""`` for none, or for one run)."""
+    try:
+        common = os.path.commonpath(names) if len(names) > 1 else ""
+    except ValueError:  # absolute and relative names side by side
+        return ""
+    return os.path.dirname(common) if common in names else common
 
 
 def markdown_table(df: pd.DataFrame) -> str:
@@ -278,60 +336,6 @@ def markdown_table(df: pd.DataFrame) -> str:
     sep = "| " + " | ".join("---" for _ in df.columns) + " |"
     body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([header, sep, *body])
-
-
-def plot_runs(df: pd.DataFrame, out: Path, effects: pd.DataFrame | None) -> list[Path]:
-    plt = pyplot()
-
-    paths = []
-    factors = swept_factors(df)
-    acc = df["test_acc"].fillna(df["val_acc"]).astype(float)
-    en = df["energy_j"].astype(float)
-    mask = pareto_mask(acc, en)
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    ax.scatter(en, acc, c="tab:gray", label="runs")
-    front = sorted(zip(en[mask], acc[mask], strict=True))
-    ax.plot([p[0] for p in front], [p[1] for p in front], "o-", c="tab:green", label="Pareto front")
-    for (_, row), a, e in zip(df.iterrows(), acc, en, strict=True):
-        ax.annotate(point_label(row, factors), (e, a), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel(f"training energy (J, {_source_word(df)})")
-    ax.set_ylabel("accuracy")
-    ax.set_title("Accuracy vs energy")
-    ax.legend()
-    fig.tight_layout()
-    paths.append(out / "accuracy_vs_energy.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-
-    if factors:
-        fig, axes = plt.subplots(1, len(factors), figsize=(3.2 * len(factors), 3.5), squeeze=False)
-        for ax, f in zip(axes[0], factors, strict=True):
-            means = df.groupby(f)["energy_j"].mean()
-            ax.bar([str(i) for i in means.index], means.values, color="tab:orange")
-            title = f
-            if effects is not None and not effects.empty:
-                eta = effects[effects["response"] == "energy_j"].set_index("factor").loc[f, "eta_sq"]
-                title += f"\neta^2 = {eta:.3f}"
-            ax.set_title(title, fontsize=9)
-            ax.set_ylabel("mean training energy (J)")
-        fig.tight_layout()
-        paths.append(out / "energy_by_factor.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
-    return paths
-
-
-def point_label(row: pd.Series, factors: list[str]) -> str:
-    """A run's label on a plot: its swept values (``conv_layers=4, lr=0.001``), else its folder."""
-    parts = [f"{f.rsplit('.', 1)[-1]}={row[f]}" for f in factors if pd.notna(row[f])]
-    return ", ".join(parts) if parts else str(row["run"])
-
-
-def _source_word(df: pd.DataFrame) -> str:
-    s = " ".join(df["source"])
-    if "estimated" in s and "measured" in s:
-        return "measured + estimated"
-    return "estimated" if "estimated" in s else "measured"
 
 
 def load_named_runs(roots: list[Path]) -> pd.DataFrame:
@@ -361,4 +365,4 @@ def report_runs(root: str | Path | list[Path], out: str | Path | None = None) ->
         if is_factorial(finished, factors)
         else None
     )
-    return write_tables(df, out, effects) + plot_runs(df, out, effects)
+    return write_tables(df, out, effects) + plot_runs(df, out, effects, swept_factors(df))

@@ -8,8 +8,9 @@ cluster's processes of this session (GCS, dashboard, monitors). On a node with R
 counters the node's figure is their share of the counters (``attributed:cpu-time-share``,
 GPU per-process utilisation); elsewhere the CPU-time estimate of those processes.
 
-Each node's figure goes into ``study.json`` under ``nodes``; the study's energy is their sum plus
-the driver's own process tree.
+Each node's figure goes into ``study.json`` under ``nodes`` (with its domains, which the study's
+exported record carries: :func:`lightning_green.tune.study_energy.part_record`); the study's energy
+is their sum plus the driver's own process tree.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class _NodeMeter:
             "sources": r.sources,
             "attribution": r.attributions,
             "covers": self.tree.what,
+            # per domain and device, as a window record holds them: what the study exports
+            "domains": [d.to_dict() for d in r.domains],
         }
 
 

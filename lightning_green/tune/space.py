@@ -9,6 +9,15 @@ A space is a nested mapping whose leaves are parameter specs keyed by their conf
       model:
         conv_layers: {type: int, low: 1, high: 4}       # inclusive
         activation: {type: choice, values: [relu, none]}
+
+A parameter that drives a trial's cost may say where it is cheap, ``cheap: low`` or ``cheap: high``
+(the end of its range), or for a choice the cheap value (``cheap: 256``): the ``cfo`` strategy
+starts there (:meth:`Param.cheapest`, FLAML's ``low_cost_partial_config``)::
+
+    model:
+      conv_layers: {type: int, low: 1, high: 4, cheap: low}
+    data:
+      batch_size: {type: choice, values: [16, 64, 256], cheap: 256}
 """
 
 from __future__ import annotations
@@ -33,6 +42,16 @@ class Param:
     low: float | None = None
     high: float | None = None
     values: tuple[Any, ...] = ()
+    cheap: Any = None  # where a trial costs least: "low" / "high" (a range), a value (a choice)
+
+    def cheapest(self) -> Any:
+        """The parameter's cheapest value (``None`` where the space does not say): the low or
+        high end of the range (its top is excluded: the float just below it), or a choice's value."""
+        if self.cheap is None or self.type == "choice":
+            return self.cheap
+        if self.type == "int":
+            return int(self.low if self.cheap == "low" else self.high)
+        return float(self.low) if self.cheap == "low" else math.nextafter(float(self.high), -math.inf)
 
     def ray(self) -> Any:
         from ray import tune
@@ -117,11 +136,20 @@ def _param(key: str, spec: dict) -> Param:
     kind = spec.get("type")
     if kind not in TYPES:
         raise ConfigError(f"{where}.type must be one of {', '.join(TYPES)}; got {kind!r}")
+    cheap = spec.get("cheap")
     if kind == "choice":
         values = tuple(spec.get("values") or ())
         if not values:
             raise ConfigError(f"{where}.values must be a non-empty list")
-        return Param(key, kind, values=values)
+        if cheap is not None and cheap not in values:
+            raise ConfigError(
+                f"{where}.cheap must be one of its values {list(values)} (or absent); got {cheap!r}"
+            )
+        return Param(key, kind, values=values, cheap=cheap)
+    if cheap not in (None, "low", "high"):
+        raise ConfigError(
+            f"{where}.cheap must be low or high (the cheap end of the range), or absent; got {cheap!r}"
+        )
     low, high = spec.get("low"), spec.get("high")
     for bound, value in (("low", low), ("high", high)):
         try:
@@ -135,7 +163,7 @@ def _param(key: str, spec: dict) -> Param:
         raise ConfigError(f"{where}: the range [{low}, {high}) is empty or inverted; low must be below high")
     if kind == "loguniform" and low <= 0:
         raise ConfigError(f"{where}: loguniform needs low > 0; got {low}")
-    return Param(key, kind, float(low), float(high))
+    return Param(key, kind, float(low), float(high), cheap=cheap)
 
 
 def nested(flat: dict[str, Any]) -> dict[str, Any]:

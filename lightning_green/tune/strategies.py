@@ -1,5 +1,8 @@
 """Search algorithms for each strategy: grid, random, bayes (accuracy only), multi (accuracy and
-energy), efficient (least energy that reaches a target accuracy, with weak trials stopped early)."""
+energy), efficient (least energy that reaches a target accuracy, with weak trials stopped early),
+and the peers it is compared with (:mod:`lightning_green.tune.peers`): asha (random search, weak
+trials stopped by ASHA), bohb (Optuna's TPE with ASHA over HyperBand's brackets), cfo (FLAML's
+cost-frugal search, its cost the trial's energy)."""
 
 from __future__ import annotations
 
@@ -13,10 +16,22 @@ from lightning_green.config import ConfigError
 from lightning_green.tune.space import Param, grid_points, nested
 from lightning_green.tune.trainable import REPORTED_METRICS
 
-STRATEGIES = ("grid", "random", "bayes", "multi", "efficient")
+STRATEGIES = ("grid", "random", "bayes", "multi", "efficient", "asha", "bohb", "cfo")
 SAMPLERS = {"bayes": ("gp", "tpe"), "multi": ("tpe", "gp", "nsga2"), "efficient": ("cost", "tpe", "gp")}
 #: Each strategy's true/false settings.
-SWITCHES = {"multi": ("cost_aware_startup",), "efficient": ("search_epochs", "stop_at_target")}
+SWITCHES = {
+    "multi": ("cost_aware_startup",),
+    "efficient": ("search_epochs", "stop_at_target"),
+    "asha": ("search_epochs",),
+    "bohb": ("search_epochs", "multivariate"),
+}
+#: The strategies whose trials ASHA stops, whatever ``tune.scheduler`` says: epochs are their
+#: budget (each trial may train the top of the space's epochs) unless ``search_epochs: true``.
+EPOCH_BUDGET = ("efficient", "asha", "bohb")
+#: What ``tune/strategy=cfo`` needs and the line that says how to get it.
+FLAML_HINT = 'tune.strategy=cfo needs FLAML: pip install "lightning-green[flaml]"'
+#: ASHA's settings: one node, ``tune.asha`` (``conf/tune/asha/default.yaml``), whatever the strategy.
+ASHA_KEYS = ("grace_period", "reduction_factor")
 
 
 def check_strategy(strategy: DictConfig, tune_cfg: DictConfig) -> None:
@@ -29,6 +44,20 @@ def check_strategy(strategy: DictConfig, tune_cfg: DictConfig) -> None:
         )
     if name == "grid" and not (isinstance(strategy.get("levels"), int) and strategy.levels >= 2):
         raise ConfigError(f"tune.strategy.levels must be an integer >= 2; got {strategy.get('levels')!r}")
+    if name == "cfo":
+        require_flaml()
+    startup = strategy.get("n_startup_trials")
+    if startup is not None and (isinstance(startup, bool) or not isinstance(startup, int) or startup < 1):
+        raise ConfigError(f"tune.strategy.n_startup_trials must be an integer >= 1; got {startup!r}")
+    brackets = strategy.get("brackets")
+    if (
+        name == "bohb"
+        and brackets is not None
+        and (isinstance(brackets, bool) or not isinstance(brackets, int) or brackets < 1)
+    ):
+        raise ConfigError(
+            f"tune.strategy.brackets must be an integer >= 1, or null (HyperBand's); got {brackets!r}"
+        )
     for key in ("accuracy_metric", "energy_metric"):
         if tune_cfg[key] not in REPORTED_METRICS:
             raise ConfigError(
@@ -41,20 +70,57 @@ def check_strategy(strategy: DictConfig, tune_cfg: DictConfig) -> None:
     for key in SWITCHES.get(name, ()):
         if not isinstance(strategy.get(key, False), bool):
             raise ConfigError(f"tune.strategy.{key} must be true or false; got {strategy.get(key)!r}")
-    if name == "efficient":
-        for key, lo in (("grace_period", 1), ("reduction_factor", 2)):
-            v = strategy.get(key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ConfigError(f"tune.strategy.{key} must be an integer >= {lo}; got {v!r}")
+    for key in ASHA_KEYS:  # a strategy file of the user's own, written when ASHA's settings were there
+        if key in strategy:
+            raise ConfigError(f"tune.strategy.{key} moved: use tune.asha.{key}={strategy[key]}")
     check_target(tune_cfg)
     if tune_cfg.scheduler not in ("fifo", "asha"):
         raise ConfigError(f"tune.scheduler must be one of fifo, asha; got {tune_cfg.scheduler!r}")
+    if uses_asha(tune_cfg):
+        asha_settings(tune_cfg)
     b = tune_cfg.energy_budget_j
     if b is not None:
         try:
             check_number("tune.energy_budget_j", b, above=0.0, unit="joules, or null")
         except ValueError as err:
             raise ConfigError(str(err)) from None
+
+
+def require_flaml() -> None:
+    """FLAML's CFO, for ``tune.strategy=cfo``; without it, one line saying how to install it
+    (checked before Ray starts)."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # "flaml.automl is not available": the AutoML part is not used
+            warnings.simplefilter("ignore", UserWarning)
+            from flaml import CFO  # noqa: F401
+    except ImportError as err:
+        raise ConfigError(f"{FLAML_HINT} ({err})") from None
+
+
+def uses_asha(tune_cfg: DictConfig) -> bool:
+    """Whether the study's trials are stopped by ASHA: ``tune.scheduler=asha``, and always with
+    the ``efficient``, ``asha`` and ``bohb`` strategies (epochs are their budget)."""
+    return tune_cfg.scheduler == "asha" or tune_cfg.strategy.name in EPOCH_BUDGET
+
+
+def asha_settings(tune_cfg: DictConfig) -> dict[str, int]:
+    """ASHA's ``grace_period`` and ``reduction_factor``, from ``tune.asha`` (``conf/tune/asha/``:
+    their one place), checked."""
+    node = tune_cfg.get("asha")
+    if node is None:
+        raise ConfigError(
+            "tune.asha is missing: a strategy config needs `defaults: [/tune/asha@_global_.tune.asha: default]` "
+            "(conf/tune/strategy/*.yaml have it), or set +tune.asha.grace_period and +tune.asha.reduction_factor"
+        )
+    out = {}
+    for key, lo in zip(ASHA_KEYS, (1, 2), strict=True):
+        v = node.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ConfigError(f"tune.asha.{key} must be an integer >= {lo}; got {v!r}")
+        out[key] = v
+    return out
 
 
 def check_target(tune_cfg: DictConfig) -> None:
@@ -126,9 +192,15 @@ def search_setup(
             points_to_evaluate=points, max_concurrent=tune_cfg.max_concurrent, random_state=seed
         )
         return alg, space, {"metric": acc, "mode": "max", "num_samples": len(points)}
-    if strategy.name == "random":
+    if strategy.name in ("random", "asha"):  # asha's trials are stopped by ASHA (study.asha_scheduler)
         alg = BasicVariantGenerator(max_concurrent=tune_cfg.max_concurrent, random_state=seed)
         return alg, space, {"metric": acc, "mode": "max", "num_samples": n}
+    if strategy.name == "cfo":
+        from lightning_green.tune.peers import cfo_search
+
+        search = cfo_search(params, acc, energy, seed)
+        kw = {"metric": acc, "mode": "max", "num_samples": n}
+        return ConcurrencyLimiter(search, max_concurrent=tune_cfg.max_concurrent), space, kw
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -157,8 +229,14 @@ def search_setup(
             tune_cfg.get("target_accuracy"),
             tune_cfg.target_fraction,
         )
-        # Tune's own metric/mode stay unset: ASHA ranks by accuracy (run_study), the searcher by energy
+        # Tune's own metric/mode stay unset: ASHA ranks by accuracy (study.asha_scheduler), the searcher by energy
         return ConcurrencyLimiter(search, max_concurrent=tune_cfg.max_concurrent), space, {"num_samples": n}
+    if strategy.name == "bohb":
+        from lightning_green.tune.peers import bohb_search
+
+        search = bohb_search(acc, seed, startup, bool(strategy.get("multivariate", True)))
+        kw = {"metric": acc, "mode": "max", "num_samples": n}
+        return ConcurrencyLimiter(search, max_concurrent=tune_cfg.max_concurrent), space, kw
     if strategy.sampler == "gp":
         sampler = optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     elif strategy.sampler == "tpe":

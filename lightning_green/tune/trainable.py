@@ -40,14 +40,25 @@ def records_folder() -> str:
         return ray.tune.get_context().get_trial_dir()
 
 
-def train_trial(config: dict[str, Any], base: dict[str, Any], cpus_per_trial: int = 1) -> None:
-    """Apply the trial's parameters to the base config, train, and report every epoch and at the end."""
+def train_trial(
+    config: dict[str, Any],
+    base: dict[str, Any],
+    cpus_per_trial: int = 1,
+    labels: dict[str, str] | None = None,
+) -> None:
+    """Apply the trial's parameters to the base config, train, and report every epoch and at the end.
+
+    ``labels``: the study's constant labels (:func:`~lightning_green.tune.exporting.study_labels`);
+    every exporter the config asks for gets them, plus ``trial`` (Ray's trial id)."""
     import ray
     from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
 
     from lightning_green.experiment import run_training
+    from lightning_green.tune.exporting import label_exporters
 
     cfg = OmegaConf.create(base)
+    if labels is not None:
+        label_exporters(cfg.get("callbacks"), {**labels, "trial": ray.tune.get_context().get_trial_id()})
     # A trial computes with the CPUs Ray gave it, unless `threads` says otherwise.
     if cfg.get("threads") is None:
         cfg.threads = max(1, int(cpus_per_trial))

@@ -26,7 +26,8 @@ from lightning_green.callbacks.layer_profiler.timing import StepTimer
 from lightning_green.callbacks.layer_profiler.tree import Node, profiled_tree
 from lightning_green.callbacks.placement import default_output_dir, own_gpus
 from lightning_green.callbacks.publish import publish
-from lightning_green.energy import Meter, check_backend, make_meter
+from lightning_green.energy import Meter, make_meter
+from lightning_green.energy.select import check_backend
 
 MODES = ("allocate", "power", "replay")
 #: Shortest replay pass for the CPU-time estimate (a hardware counter needs windows.MIN_WINDOW_S).

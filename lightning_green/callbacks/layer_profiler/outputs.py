@@ -125,29 +125,51 @@ def write_all(
 
 
 def plot(path: Path, title: str, types: list[dict[str, Any]], rows: list[dict[str, Any]], top: int) -> None:
-    """Bar charts: own energy by layer type, and the ``top`` modules by inclusive energy."""
+    """Bar charts: own energy by layer type, and the ``top`` modules by inclusive energy. Where the
+    profile computed several methods (``power``, ``replay``: allocate, power and replay), each
+    bar is a group of one bar per method side by side, the chosen one named in the legend."""
+    from lightning_green._plotting import DPI, layer_inclusive_joules, layer_methods, layer_type_joules, save
+
+    def module_label(r: dict[str, Any], width: int = 44) -> str:  # its name and class, cut to width
+        text = f"{r['name']} ({r['module_type']})"
+        return text if len(text) <= width else ".." + text[-(width - 2) :]
+
     plt = pyplot()
-    types = [t for t in types if t["joules_per_step"] is not None]
+    methods, chosen = layer_methods(rows, UNATTRIBUTED)
+    if len(methods) < 2:  # one method: the profile's own figures
+        methods = [chosen or "chosen"]
     best = sorted(
         (r for r in rows if r["name"] != UNATTRIBUTED and r["total_j"] is not None),
         key=lambda r: -r["total_j"],
     )[:top]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, max(3.5, 0.3 * len(best) + 1)))
-    a.barh(
-        [t["layer_type"] for t in types][::-1],
-        [t["joules_per_step"] for t in types][::-1],
-        color="tab:orange",
-    )
+    by_type = {t["layer_type"]: t["joules_per_step"] for t in types if t["joules_per_step"] is not None}
+    names = list(by_type)
+    n = len(methods)
+    fig, (a, b) = plt.subplots(
+        1, 2, figsize=(12, max(3.8, (0.14 + 0.1 * n) * max(len(best), len(names)) + 1.6)), dpi=DPI,
+        layout="constrained",
+    )  # fmt: skip
+    colors = {"allocate": "tab:orange", "power": "tab:green", "replay": "tab:blue", "chosen": "tab:orange"}
+    height = 0.8 / n
+    for k, m in enumerate(methods):
+        per_type = by_type if n == 1 else layer_type_joules(rows, m, UNATTRIBUTED)
+        inclusive = {r["name"]: r["total_j"] for r in best} if n == 1 else layer_inclusive_joules(rows, m)
+        offset = (n - 1) / 2 - k  # the first method on top of each group
+        label = f"{m} (chosen)" if m == chosen and n > 1 else m
+        a.barh([len(names) - 1 - j + offset * height for j in range(len(names))],
+               [per_type.get(t, 0.0) for t in names], height=height, color=colors.get(m), label=label)  # fmt: skip
+        b.barh([len(best) - 1 - j + offset * height for j in range(len(best))],
+               [inclusive.get(r["name"], 0.0) for r in best], height=height, color=colors.get(m), label=label)  # fmt: skip
+    a.set_yticks(range(len(names)), names[::-1])
+    b.set_yticks(range(len(best)), [module_label(r) for r in best][::-1], fontsize=8)
     a.set_xlabel("joules per training step (own work)")
-    a.set_title("Energy by layer type")
-    b.barh(
-        [f"{'  ' * (r['depth'] - 1)}{r['name']} ({r['module_type']})" for r in best][::-1],
-        [r["total_j"] for r in best][::-1],
-        color="tab:green",
+    a.set_title(
+        "Energy by layer type" + (f": {', '.join(methods)} side by side" if n > 1 else ""), fontsize=10
     )
     b.set_xlabel("joules per training step (module and its children)")
-    b.set_title(f"Top {len(best)} modules")
+    b.set_title(f"Top {len(best)} modules", fontsize=10)
+    if n > 1:
+        handles, labels = a.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=n, fontsize=8, title="method")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)

@@ -17,214 +17,82 @@ open; a line torn by a kill or a full disk is skipped by the reader with a warni
 append starts on a fresh line. A full disk loses no record that was already written: the writer
 keeps unwritten records in memory, warns once, and writes them when space is back. A records folder
 deleted mid-run is made again, with the records already written to it.
+
+Where each part lives: :mod:`~lightning_green.records.schema` holds the records and the file names,
+:mod:`~lightning_green.records.reader` reads them back (checked), and this module writes them:
+appends to ``energy.jsonl`` and whole JSON files replaced atomically. Every name is imported from
+here.
 """
 
 from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import threading
 import time
 import uuid
 import warnings
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lightning_green._checks import UserInputError
-from lightning_green.energy.reading import DomainEnergy, Reading
+from lightning_green.records.reader import (
+    find_runs,
+    iter_records,
+    read_json,
+    read_run,
+    read_summary,
+    read_windows,
+    trial_energy_j,
+)
+from lightning_green.records.schema import (
+    PARETO_FILE,
+    RECORDS_FILE,
+    RUN_FILE,
+    SCHEMA_VERSION,
+    STUDY_FILE,
+    SUMMARY_FILE,
+    SUPPORTED_SCHEMAS,
+    TRIALS_FILE,
+    EnergySummary,
+    LayerRecord,
+    RecordError,
+    RunRecord,
+    WindowRecord,
+    to_json,
+)
 
-SCHEMA_VERSION = 1
-#: Schema versions this reader understands.
-SUPPORTED_SCHEMAS = (1,)
-
-
-class RecordError(UserInputError):
-    """A record file holds a value no lightning-green run writes (the message names file, line, field)."""
-
-
-RECORDS_FILE = "energy.jsonl"
-SUMMARY_FILE = "energy_summary.json"
-
-
-@dataclass
-class WindowRecord:
-    """Energy of one window: a train epoch, a validation run, a test run.
-
-    ``energy_j`` is the sum of the domains that were read; ``complete`` is ``False`` when a
-    counter failed in the window, in which case ``energy_j`` covers only the domains that worked,
-    or when the window was cut short (``interrupted`` says by what; ``energy_j`` is then the
-    energy measured up to that moment).
-    """
-
-    run_id: str
-    stage: str
-    epoch: int
-    global_step: int
-    start_time: float
-    end_time: float
-    seconds: float
-    energy_j: float
-    domains: list[dict[str, Any]]
-    sources: dict[str, str]
-    complete: bool
-    assumptions: dict[str, Any] = field(default_factory=dict)
-    world_size: int = 1
-    #: Why the window ended early (an exception, Ctrl-C); ``None`` for a window that ran to its end.
-    interrupted: str | None = None
-    #: Energy above the devices' idle baseline, in joules; ``None`` when no baseline applies.
-    dynamic_j: float | None = None
-    #: Grams of CO2e of this window: kWh x PUE x the intensity in ``carbon`` (``None`` in old files).
-    co2e_g: float | None = None
-    #: The grid intensity in force when the window closed: ``g_per_kwh``, ``place``, ``method``, ``at``.
-    carbon: dict[str, Any] | None = None
-    #: The devices' whole figure where a shared counter was split among jobs (``energy_j`` is this
-    #: job's part); ``None`` when nothing was split.
-    node_j: float | None = None
-    #: How each split domain was attributed (``{"cpu": "attributed:cpu-time-share"}``); empty if none.
-    attribution: dict[str, str] = field(default_factory=dict)
-    kind: str = "window"
-    schema: int = SCHEMA_VERSION
-
-    @classmethod
-    def from_reading(
-        cls, reading: Reading, *, run_id: str, stage: str, epoch: int, global_step: int, world_size: int = 1
-    ) -> WindowRecord:
-        return cls(
-            run_id=run_id,
-            stage=stage,
-            epoch=epoch,
-            global_step=global_step,
-            start_time=reading.start_time,
-            end_time=reading.end_time,
-            seconds=reading.seconds,
-            energy_j=reading.joules,
-            domains=[d.to_dict() for d in reading.domains],
-            sources=reading.sources,
-            complete=reading.complete,
-            assumptions=reading.assumptions,
-            world_size=world_size,
-            dynamic_j=reading.dynamic_joules,
-            node_j=reading.node_joules if reading.attributions else None,
-            attribution=reading.attributions,
-        )
-
-    def reading(self) -> Reading:
-        return Reading(
-            start_time=self.start_time,
-            end_time=self.end_time,
-            seconds=self.seconds,
-            domains=tuple(DomainEnergy.from_dict(d) for d in self.domains),
-            assumptions=self.assumptions,
-        )
-
-
-@dataclass
-class EnergySummary:
-    """A run's totals, as ``energy_summary.json`` holds them (plus ``finished``).
-
-    Built by :class:`lightning_green.ledger.EnergyLedger`; ``EnergyMonitor.summary()`` returns one.
-    Indexing by name (``summary["total_j"]``) reads the field of that name.
-    """
-
-    run_id: str
-    resumed_from: list[str]
-    previous_run_id: str | None
-    carried_over_j: float
-    host: str
-    world_size: int
-    meter: str | None
-    assumptions: dict[str, Any]
-    #: The job's energy: every window's ``energy_j`` (a split counter's part of it), in joules.
-    total_j: float
-    #: The devices' whole figures over the same windows, before any split among jobs.
-    total_node_j: float
-    #: ``EnergyMonitor(attribution=...)``; ``attributions`` says how each split domain was split.
-    attribution: str
-    attributions: dict[str, str]
-    total_kwh: float
-    co2e_g: float
-    carbon_intensity_g_per_kwh: float
-    carbon: dict[str, Any]
-    pue: float
-    stage_j: dict[str, float]
-    stage_s: dict[str, float]
-    idle_baseline: dict[str, Any] | None
-    total_dynamic_j: float | None
-    stage_dynamic_j: dict[str, float | None]
-    dynamic_covers: str
-    sources: dict[str, str]
-    windows: int
-    incomplete_windows: int
-    interrupted_windows: int
-    records_unwritten: int
-    complete: bool
-    epochs: int
-    forecast_fit_j: float | None
-    forecast: dict[str, Any] | None
-    ended_by: str | None
-    stopped_by: str | None
-    total_covers: str
-    node_covers: str = (
-        "the devices' whole figures over this run's windows, before shared counters were split among "
-        "jobs (equal to total_j where nothing was split)"
-    )
-    schema: int = SCHEMA_VERSION
-
-    def __getitem__(self, key: str) -> Any:
-        return getattr(self, key)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class LayerRecord:
-    """Energy of one module (``kind="layer"``) or one layer type (``kind="layer_type"``).
-
-    ``joules_per_step`` is the module's own work (its children excluded, so rows add up to the
-    step), ``total_j`` the module with its children. ``joules_per_step`` and ``share`` are ``None`` when there is no figure (the profiling window
-    measured 0 J, or its counter failed); ``complete`` is then ``False`` and ``note`` says why.
-    """
-
-    run_id: str
-    kind: str
-    name: str
-    layer_type: str
-    joules_per_step: float | None
-    share: float | None
-    source: str
-    mode: str
-    params: int = 0
-    flops: int = 0
-    forward_s: float = 0.0
-    backward_s: float = 0.0
-    joules_per_sample: float | None = 0.0
-    calls: int = 0
-    steps: int = 0
-    complete: bool = True
-    note: str = ""
-    parent: str | None = None  # the enclosing module's name (None: a top-level module)
-    depth: int = 1
-    total_j: float | None = None  # the module and its children, joules per step
-    optimizer_j: float | None = None  # its share of the optimizer step (by its own parameters)
-    rank: int = 0  # the rank whose device these figures are (each rank profiles its own)
-    world_size: int = 1
-    #: What timed the modules: ``process-cpu`` (the energy is CPU time), ``cuda-events``, ``wall``.
-    clock: str = ""
-    schema: int = SCHEMA_VERSION
-
-
-_KINDS = {"window": WindowRecord, "layer": LayerRecord, "layer_type": LayerRecord}
-
-
-def to_json(record: WindowRecord | LayerRecord) -> str:
-    return json.dumps(asdict(record), sort_keys=True, allow_nan=False)
-
+__all__ = [
+    "FSYNC_EVERY_S",
+    "KEEP_WRITTEN_BYTES",
+    "PARETO_FILE",
+    "RECORDS_FILE",
+    "RUN_FILE",
+    "SCHEMA_VERSION",
+    "STUDY_FILE",
+    "SUMMARY_FILE",
+    "SUPPORTED_SCHEMAS",
+    "TRIALS_FILE",
+    "EnergySummary",
+    "LayerRecord",
+    "RecordError",
+    "RecordWriter",
+    "RunRecord",
+    "WindowRecord",
+    "find_runs",
+    "iter_records",
+    "read_json",
+    "read_run",
+    "read_summary",
+    "read_windows",
+    "temporary_path",
+    "to_json",
+    "trial_energy_j",
+    "write_json_atomic",
+    "write_run",
+]
 
 #: How often a writer makes its appends durable against power loss (a background fsync).
 FSYNC_EVERY_S = 2.0
@@ -525,189 +393,7 @@ def _replace_with_text(tmp: Path, path: Path, text: str) -> None:
         raise
 
 
-def iter_records(
-    path: str | os.PathLike[str], kind: str | None = None
-) -> Iterator[WindowRecord | LayerRecord]:
-    """Read records back.
-
-    A line that is not JSON (torn by a kill or a full disk, anywhere in the file) is skipped with a
-    warning; the rest of the file is read.
-
-    Raises:
-        RecordError: If a line is JSON but not a valid record: an unknown ``kind`` or ``schema``,
-            a missing or misspelt field, an energy that is not a finite number >= 0. The message
-            names the file, the line and the field.
-    """
-    path = Path(path)
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    torn = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError:
-            torn.append(i + 1)
-            continue
-        record = _record(data, f"{path}:{i + 1}")
-        if kind is None or record.kind == kind:
-            yield record
-    if torn:
-        shown = ", ".join(map(str, torn[:5])) + (", ..." if len(torn) > 5 else "")
-        warnings.warn(
-            f"{path}: skipped {len(torn)} torn line(s) that are not JSON (line {shown}); "
-            "a kill or a full disk cut them",
-            stacklevel=2,
-        )
-
-
-def _record(data: Any, where: str) -> WindowRecord | LayerRecord:
-    if not isinstance(data, dict):
-        raise RecordError(f"{where}: not a lightning-green record (a JSON {type(data).__name__})")
-    schema = data.get("schema")
-    if isinstance(schema, bool) or schema not in SUPPORTED_SCHEMAS:
-        raise RecordError(
-            f"{where}: schema {schema!r} is not one this lightning-green reads ({', '.join(map(str, SUPPORTED_SCHEMAS))})"
-            "; a newer lightning-green wrote it: upgrade"
-        )
-    cls = _KINDS.get(data.get("kind"))  # type: ignore[arg-type]
-    if cls is None:
-        raise RecordError(f"{where}: kind {data.get('kind')!r} is not one of {', '.join(_KINDS)}")
-    try:
-        record = cls(**data)
-    except TypeError as err:
-        raise RecordError(f"{where}: not a valid {data['kind']} record ({err})") from None
-    if isinstance(record, WindowRecord):
-        _check_joules(where, "energy_j", record.energy_j)
-        _check_joules(where, "seconds", record.seconds)
-        if record.dynamic_j is not None:
-            _check_joules(where, "dynamic_j", record.dynamic_j)
-        for n, d in enumerate(record.domains):
-            if not isinstance(d, dict) or "joules" not in d:
-                raise RecordError(f"{where}: field domains[{n}] is not a domain reading")
-            if d["joules"] is not None:
-                _check_joules(where, f"domains[{n}].joules", d["joules"])
-        if not isinstance(record.complete, bool):
-            raise RecordError(f"{where}: field complete must be true or false, got {record.complete!r}")
-    else:
-        for name in ("joules_per_step", "share", "total_j", "optimizer_j"):
-            v = getattr(record, name)
-            if v is not None and not _finite(v):
-                raise RecordError(f"{where}: field {name} must be a finite number or null, got {v!r}")
-    return record
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _check_joules(where: str, name: str, v: Any) -> None:
-    if not _finite(v) or v < 0:
-        raise RecordError(f"{where}: field {name} must be a finite number >= 0, got {v!r}")
-
-
-def read_windows(path: str | os.PathLike[str]) -> list[WindowRecord]:
-    """All window records of a run (``path``: the JSONL file or the directory holding it)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / RECORDS_FILE
-    return [r for r in iter_records(path, "window") if isinstance(r, WindowRecord)]
-
-
-def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
-    path = Path(path)
-    if path.is_dir():
-        path = path / SUMMARY_FILE
-    return read_json(path)
-
-
-def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A JSON object from ``path``; a truncated or damaged file is a :class:`RecordError` naming it."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise RecordError(
-            f"{path}: not valid JSON ({err.msg} at line {err.lineno}); the file is truncated or damaged"
-        ) from None
-    if not isinstance(data, dict):
-        raise RecordError(f"{path}: not a lightning-green file (a JSON {type(data).__name__})")
-    return data
-
-
-def find_runs(root: str | os.PathLike[str]) -> list[Path]:
-    """Directories under ``root`` (``root`` included) that hold an ``energy.jsonl``."""
-    root = Path(root)
-    return sorted({p.parent for p in root.rglob(RECORDS_FILE)})
-
-
-RUN_FILE = "run.json"
-#: A tuning study's folder: what was searched (``study.json``), one row per trial (``trials.csv``),
-#: the trials no other trial beats on both accuracy and energy (``pareto.csv``).
-STUDY_FILE = "study.json"
-TRIALS_FILE = "trials.csv"
-PARETO_FILE = "pareto.csv"
-
-
-@dataclass
-class RunRecord:
-    """One training run: what was trained, how it scored, what it cost (``run.json``).
-
-    ``energy_j`` is the training energy (train epochs, validation, sanity check); ``total_j`` adds
-    the test run. ``sources`` says per domain whether the figures are measured or estimated.
-    """
-
-    run_id: str
-    overrides: list[str]
-    choices: dict[str, str]
-    config: dict[str, Any]
-    test_acc: float | None
-    val_acc: float | None
-    energy_j: float
-    total_j: float
-    total_kwh: float
-    co2e_g: float
-    seconds: float
-    train_seconds: float
-    params: int
-    flops_per_sample: int
-    sources: dict[str, str]
-    complete: bool
-    epochs: int
-    #: Earlier runs (checkpoints) whose energy this run's totals include.
-    resumed_from: list[str] = field(default_factory=list)
-    #: Training energy above the devices' idle baseline (``energy_j`` minus idle power x time).
-    dynamic_j: float | None = None
-    #: Where and how it computed: host, threads, cpus, load average at start and end, other_load.
-    machine: dict[str, Any] = field(default_factory=dict)
-    #: The grid intensity used for ``co2e_g``: place, name, source, year, scope, method, covers.
-    carbon: dict[str, Any] = field(default_factory=dict)
-    kind: str = "run"
-    schema: int = SCHEMA_VERSION
-
-
-def trial_energy_j(trials: Any) -> Any:
-    """Energy each trial of a ``trials.csv`` table spent, in joules (a pandas Series): its run's
-    total (training, validation and test: ``total_j``), else its training energy so far
-    (``energy_j``, for a trial that never finished), plus the finished windows of its other
-    attempts (``other_attempts_j``: crashes retried, attempts cut by an interrupted study). 0 where
-    a trial reported nothing."""
-    spent = trials["total_j"].astype(float).fillna(trials["energy_j"].astype(float)).fillna(0.0)
-    if "other_attempts_j" in trials:
-        spent = spent + trials["other_attempts_j"].astype(float).fillna(0.0)
-    return spent
-
-
 def write_run(directory: str | os.PathLike[str], record: RunRecord) -> Path:
     path = Path(directory) / RUN_FILE
     write_json_atomic(path, asdict(record))
     return path
-
-
-def read_run(directory: str | os.PathLike[str]) -> RunRecord:
-    path = Path(directory) / RUN_FILE
-    data = read_json(path)
-    try:
-        return RunRecord(**data)
-    except TypeError as err:
-        raise RecordError(f"{path}: not a valid run record ({err})") from None

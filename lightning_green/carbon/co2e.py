@@ -1,14 +1,23 @@
 """Energy to kWh and CO2-equivalent.
 
 ``kWh = joules / 3.6e6``; ``CO2e (g) = kWh x PUE x carbon intensity (g/kWh)``, with the intensity
-in force when each window closed (a number, a place of the packaged table, or a live provider:
-see :mod:`lightning_green.energy.grid`). Operational emissions only: embodied carbon (making the
+in force when each window closed (a number, a place of the packaged table,
+:mod:`lightning_green.carbon.places`, or a live provider, :mod:`lightning_green.carbon.providers`). Operational emissions only: embodied carbon (making the
 hardware) is not included.
 
 Defaults: ``"WORLD"``, 475 gCO2e/kWh, the IEA's 2019 world-average electricity carbon intensity
 (IEA, Global Energy & CO2 Status Report 2019, also CodeCarbon's world default), and PUE 1.0 (no
 facility overhead: the figure is for the measured devices alone; the Uptime Institute's 2023
 survey puts the average data-centre PUE at 1.58).
+
+Example::
+
+    >>> from lightning_green.carbon import CarbonModel
+    >>> model = CarbonModel("FR", pue=1.5)
+    >>> model.current().place, model.kwh(3.6e6)
+    ('FR', 1.0)
+    >>> round(model.co2e_g(3.6e6) / model.current().g_per_kwh, 6)  # kWh x PUE
+    1.5
 """
 
 from __future__ import annotations
@@ -17,14 +26,8 @@ import warnings
 from dataclasses import dataclass, field, replace
 
 from lightning_green._checks import check_number
-from lightning_green.energy.grid import (
-    DEFAULT_PLACE,
-    Intensity,
-    IntensityProvider,
-    lookup,
-    make_intensity,
-    parse_intensity,
-)
+from lightning_green.carbon.places import DEFAULT_PLACE, Intensity, lookup, parse_intensity
+from lightning_green.carbon.providers import IntensityProvider, make_intensity
 
 DEFAULT_INTENSITY_G_PER_KWH = 475.0
 DEFAULT_CARBON_INTENSITY = DEFAULT_PLACE
@@ -51,7 +54,7 @@ class CarbonModel:
     """Converts joules to kWh and grams of CO2e.
 
     ``intensity``: gCO2e/kWh, a place (``"DE"``, ``"aws:eu-west-1"``) or an
-    :class:`~lightning_green.energy.grid.IntensityProvider`; ``live``: ``"uk"``, ``"electricitymaps"``...
+    :class:`~lightning_green.carbon.IntensityProvider`; ``live``: ``"uk"``, ``"electricitymaps"``...
 
     Raises:
         ValueError: If the intensity is negative, above ``MAX_INTENSITY_G_PER_KWH`` or unknown, or

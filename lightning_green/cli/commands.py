@@ -1,19 +1,17 @@
-"""``lightning-green <command>``: train, profile, tune, compare, report, carbon.
+"""The commands and the keys each takes, and the help written from them.
 
-Help, ``--version`` and the dispatch import nothing heavy (no Lightning, torch, Hydra, Ray or
-pandas): a command's module is imported only when the command runs, so ``--help`` answers at once.
+Nothing heavy is imported here: ``lightning-green --help`` must answer at once. A key's choices are
+read from the config tree's files (``{choices}``), so the help cannot fall behind the tree.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 #: The config tree, found by path: ``lightning_green.config.CONF_DIR`` is the same folder, but
 #: importing that module imports Hydra, which help must not wait for.
-CONF_DIR = Path(__file__).parent / "conf"
+CONF_DIR = Path(__file__).parents[1] / "conf"
 
 
 @dataclass(frozen=True)
@@ -46,7 +44,8 @@ class Command:
     hydra: bool = True
 
 
-STRATEGIES = "grid, random, bayes, multi, efficient"
+#: The search strategies: the files of ``conf/tune/strategy/`` (the one list, read without Hydra).
+STRATEGIES = ", ".join(sorted(p.stem for p in (CONF_DIR / "tune" / "strategy").glob("*.yaml")))
 
 # The help tables below are laid out by hand, one key a line: the formatter would split them apart.
 # fmt: off
@@ -119,8 +118,10 @@ COMMANDS: dict[str, Command] = {
             _CARBON,
             Key("energy.pue", "F", "1.0", "data-centre power usage effectiveness (1.0: devices alone)"),
             Key("energy.baseline_s", "S", "2.0", "idle seconds measured first (static vs dynamic); 0: off"),
-            Key("energy.budget_j", "J", "null", "stop training once it has used this many joules"),
-            Key("energy.profile_layers", "BOOL", "false", "add LayerEnergyProfiler: energy per layer"),
+            Key("callbacks.energy_budget.max_j", "J", "null",
+                "stop training once it has used this many joules (max_kwh, max_co2e_g: in kWh, gCO2e)"),
+            Key("callbacks.layer_profiler._enabled_", "BOOL", "false",
+                "add LayerEnergyProfiler: energy per layer"),
             Key("logger", "NAME", "csv",
                 "where metrics go: {choices}; several: logger=[csv,mlflow]; none: logger=null"),
             Key("+experiment", "NAME", None, "a preset: {choices} (paper_rq2: the study's 2x2x2 multirun)"),
@@ -248,10 +249,6 @@ COMMANDS: dict[str, Command] = {
 }
 # fmt: on
 
-
-#: Commands whose training may start more processes (DDP), and the module each is run as.
-RELAUNCHABLE = {"train": "lightning_green.train", "profile": "lightning_green.profile"}
-
 WIDTH = 100
 NBSP = "\u00a0"
 
@@ -269,7 +266,8 @@ def version() -> str:
         return __version__
 
 
-def _choices(group: str) -> str:
+def choices(group: str) -> str:
+    """The files of config group ``group``, by name (``cnn, resnet18, transformer``)."""
     return ", ".join(sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")))
 
 
@@ -294,7 +292,7 @@ def _rows(rows: list[tuple[str, str]], indent: int = 2, column: int = 32) -> lis
 def _key_row(key: Key) -> tuple[str, str]:
     sep = " " if key.name.startswith("-") else "="  # --out DIR, but trainer.max_epochs=N
     left = f"{key.name}{sep}{key.value}" if key.value else key.name
-    meaning = key.meaning.replace("{choices}", _choices(key.name.lstrip("+")))
+    meaning = key.meaning.replace("{choices}", choices(key.name.lstrip("+")))
     if key.default is not None:
         meaning += f" [default:{NBSP}{key.default}]"
     return left, meaning
@@ -335,138 +333,3 @@ def usage() -> str:
         "`lightning-green COMMAND --help` lists the main ones, `lightning-green COMMAND --cfg job` all.",
     ]
     return "\n".join(lines)
-
-
-def _relaunch_as(module: str) -> None:
-    """Make Lightning's DDP launcher start the other ranks as ``python -m <module> <overrides>``.
-
-    Lightning re-runs ``sys.argv`` for every rank: ``python -m __main__.__spec__.name`` when the
-    program was started as a module, else ``python sys.argv[0]``. Neither works from a console
-    script (``lightning-green`` is not a Python file to re-run, and ``lightning_green.cli`` would
-    lose the command word), so point ``__main__``'s spec at the command's own module.
-    """
-    import importlib.util
-
-    import __main__
-
-    __main__.__spec__ = importlib.util.find_spec(module)
-
-
-def _launcher_problem(args: list[str]) -> str | None:
-    """A SLURM launcher off a SLURM cluster, said in one line before Hydra starts (submitit would
-    raise a traceback from inside the launcher)."""
-    import shutil
-
-    slurm = any(a in ("hydra/launcher=slurm", "hydra/launcher=submitit_slurm") for a in args)
-    if slurm and shutil.which("srun") is None:
-        return "no srun found: run this on a SLURM login node, or use hydra/launcher=local"
-    return None
-
-
-NULLS = ("null", "none", "false", "~")
-
-
-def _group_nulls(args: list[str]) -> tuple[list[str], str | None]:
-    """``logger=null`` (``none``, ``false``) means no logger: Hydra's ``~logger``. Any other config
-    group set to null is said in one line (Hydra would raise a traceback from its defaults list)."""
-    out = []
-    for arg in args:
-        key, eq, value = arg.partition("=")
-        group = key.lstrip("+")
-        if eq and value.strip().lower() in NULLS and (CONF_DIR / group).is_dir() and "." not in group:
-            if group == "logger":
-                out.append("~logger")
-                continue
-            return args, f"{group}={value}: the {group} group needs one of {_choices(group)}"
-        out.append(arg)
-    return out, None
-
-
-def _asks_for_help(args: list[str]) -> bool:
-    """``-h``/``--help`` anywhere before ``--``: never a valid override or path, so always a question."""
-    before = args[: args.index("--")] if "--" in args else args
-    return any(a in ("-h", "--help") for a in before)
-
-
-#: Lightning's set-up lines that say nothing about the user's run (our own warnings stay).
-_HARMLESS = ("💡 Tip:", "exists and is not empty")
-
-
-def _quiet_lightning_setup() -> None:
-    """Leave out Lightning's advertising tips and its warning that a fresh run folder (which Hydra
-    has just made, with its .hydra files) "exists and is not empty"."""
-    import logging
-    import warnings
-
-    class Harmless(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return not any(h in record.getMessage() for h in _HARMLESS)
-
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(Harmless())
-    warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
-    # Lightning's own use of a torch API torch deprecated: nothing a user can act on.
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
-        return 0
-    if argv[0] in ("-V", "--version"):
-        print(f"lightning-green {version()}")
-        return 0
-    command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        print(f"lightning-green: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
-        return 2
-    if COMMANDS[command].usage and _asks_for_help(rest):
-        # Hydra's --help would compose the tree (importing Lightning on the way) and dump ~200 lines
-        # of config groups; ours says what the keys mean. Hydra's is still `--hydra-help`/`--cfg job`.
-        print(command_help(command))
-        return 0
-    if command == "report":
-        from lightning_green.report.cli import main as report_main
-
-        return report_main(rest)
-    if command == "carbon":
-        from lightning_green.carbon_cli import main as carbon_main
-
-        return carbon_main(rest)
-    problem = _launcher_problem(rest)
-    if problem is None:
-        rest, problem = _group_nulls(rest)
-    if problem:
-        print(f"lightning-green: {problem}", file=sys.stderr)
-        return 2
-    # Idle OpenMP threads sleep instead of spinning: a spinning thread's CPU time is counted by the
-    # CPU-time estimate although it computes nothing, and on a machine with other load it spins
-    # longest (set before torch loads its OpenMP runtime; a user's own setting is kept).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    _quiet_lightning_setup()
-    # Hydra reads sys.argv itself.
-    sys.argv = [f"lightning-green {command}", *rest]
-    if command in RELAUNCHABLE:
-        _relaunch_as(RELAUNCHABLE[command])
-    if command == "train":
-        from lightning_green.train import main as train_main
-
-        train_main()
-    elif command == "profile":
-        from lightning_green.profile import main as profile_main
-
-        profile_main()
-    elif command == "tune":
-        from lightning_green.tune_cli import tune_main
-
-        tune_main()
-    elif command == "compare":
-        from lightning_green.tune_cli import compare_main
-
-        compare_main()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
