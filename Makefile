@@ -38,8 +38,12 @@ lint: setup-dev
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
+# Two workers: much of the suite waits (Ray starting, subprocesses importing torch); the
+# documentation's examples share one pool of outcomes, so one worker runs them (--dist loadgroup).
+PYTEST_WORKERS ?= 2
+
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
 
 test-fast: setup-dev
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -167,7 +167,7 @@ def compare_main(cfg: DictConfig) -> None:
         comparison.interrupted(list(cfgs), list(c.seeds))
     if comparison.studies:
         found = (comparison.studies, c.target_fraction, c.reference_energy_j, target, comparison.metas)
-        paths = write_compare(*found, comparison.not_run)
+        paths = write_compare(found[0], out, *found[1:], comparison.not_run)
         print(compare_console(*found, comparison.not_run), flush=True)
         for p in paths:
             print(p)

@@ -181,7 +181,8 @@ COMMANDS: dict[str, Command] = {
         keys=(
             Key("tune/strategy", "NAME", "random",
                 "the search: grid, random, bayes (model-based, accuracy), multi (accuracy and energy "
-                "together) or efficient (least energy to reach a target accuracy)"),
+                "together), efficient (least energy to reach a target accuracy), or its peers asha "
+                "(random + ASHA), bohb (TPE + ASHA brackets), cfo (FLAML, needs [flaml])"),
             Key("tune.strategy.sampler", "NAME", None,
                 "the strategy's model: bayes gp|tpe (gp), multi tpe|gp|nsga2 (tpe), efficient "
                 "cost|tpe|gp (cost)"),
