@@ -206,7 +206,8 @@ COMMANDS: dict[str, Command] = {
             "print the table. Takes every tune key."
         ),
         keys=(
-            Key("compare.strategies", "[LIST]", f"[{STRATEGIES.replace(' ', '')}]", "strategies compared"),
+            Key("compare.strategies", "[LIST]", "[grid,random,bayes,multi,efficient]",
+                f"strategies compared, any of: {STRATEGIES} (cfo needs [flaml])"),
             Key("compare.seeds", "[LIST]", "[0,1,2]", "one study per strategy and seed"),
             Key("compare.target_fraction", "F", "0.95",
                 "target accuracy: this x the best any strategy found (unless tune.target_accuracy is set)"),
