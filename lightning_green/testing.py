@@ -87,7 +87,8 @@ class EmulatedRapl:
         # One pread of an open /proc/stat: the emulator's own CPU use is part of what it measures,
         # so it keeps it small (about 0.5% of a core at 10 ms).
         line = os.pread(self._stat, 256, 0).split(b"\n", 1)[0].split()
-        return sum(int(v) for i, v in enumerate(line[1:9]) if i not in (3, 4)) / _CLK_TCK
+        # user nice system irq softirq: idle, iowait and steal (another guest's time) draw no power here
+        return sum(int(v) for i, v in enumerate(line[1:8]) if i not in (3, 4)) / _CLK_TCK
 
     def update(self) -> None:
         """Add the energy since the last update and write the counter (the thread calls this)."""

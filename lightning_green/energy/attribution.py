@@ -77,13 +77,17 @@ class ShareSource(Protocol):
 
 
 def node_busy_seconds(stat_path: str | os.PathLike[str] = "/proc/stat") -> float:
-    """CPU seconds the node's cores spent busy since boot (user, nice, system, irq, softirq, steal)."""
+    """CPU seconds the node's cores spent busy since boot (user, nice, system, irq, softirq).
+
+    Steal is left out: it is time a virtual CPU wanted to run and the hypervisor ran another guest,
+    so no process here spent it (and on bare metal, where RAPL is, it is zero).
+    """
     with open(stat_path) as f:
         fields = f.readline().split()
     # cpu user nice system idle iowait irq softirq steal guest guest_nice (guest is inside user)
-    values = [int(v) for v in fields[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = values + [0] * (8 - len(values))
-    return (user + nice + system + irq + softirq + steal) / _CLK_TCK
+    values = [int(v) for v in fields[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = values + [0] * (7 - len(values))
+    return (user + nice + system + irq + softirq) / _CLK_TCK
 
 
 def own_cgroup(proc_cgroup: str | os.PathLike[str] = "/proc/self/cgroup") -> str | None:
