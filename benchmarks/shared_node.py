@@ -16,7 +16,7 @@ Printed: the jobs' energies together over the node counter across the span of th
 under contention against its dynamic energy alone (target within 15%), and a lone job's attributed
 figure against the whole package over its windows (target within 1%).
 
-Usage: python benchmarks/shared_node.py [--epochs 6] [--out DIR]
+Usage: python benchmarks/shared_node.py [--epochs 40] [--out DIR]
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def figures(out: Path, rapl: EmulatedRapl) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--out", type=Path, default=None, help="results folder (default: a fresh temporary one)")
     args = ap.parse_args()
     out_dir = args.out or Path(tempfile.mkdtemp(prefix="shared_node_"))

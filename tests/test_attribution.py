@@ -53,7 +53,7 @@ def test_cpu_time_share_is_the_jobs_cpu_over_the_nodes_busy_cpu():
     assert split.share((3.0, 4.0), split.snapshot()).value == 1.0
 
 
-def test_a_window_too_short_for_proc_stat_takes_the_latest_resolved_share_and_says_so():
+def test_a_window_too_short_for_proc_stat_takes_the_share_of_the_latest_span_long_enough():
     c = Clocks()
     split = c.split()
     c.job, c.node = 1.0, 4.0  # waiting for the other job's set-up: a low share since the start
@@ -68,7 +68,15 @@ def test_a_window_too_short_for_proc_stat_takes_the_latest_resolved_share_and_sa
     before = split.snapshot()
     c.job, c.node = c.job + 0.01, c.node + 0.05
     share = split.share(before, split.snapshot())
-    assert (share.value, share.method) == (pytest.approx(0.9), "attributed:cpu-time-share(recent)")
+    # over the latest span long enough that ends with this window: from the first window's end
+    assert (share.value, share.method) == (pytest.approx(0.91 / 1.05), "attributed:cpu-time-share(recent)")
+    # epochs too short, one after another, while the other job stops: each takes the share of the
+    # latest 0.2 busy seconds, which follows the change (the first resolved window's 0.9 does not)
+    for _ in range(20):
+        before = split.snapshot()
+        c.job, c.node = c.job + 0.05, c.node + 0.05  # alone now: all of the busy time is ours
+        share = split.share(before, split.snapshot())
+    assert (share.value, share.method) == (pytest.approx(1.0), "attributed:cpu-time-share(recent)")
 
 
 def test_the_nodes_background_from_the_idle_baseline_is_not_shared_by_the_jobs():

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,9 +42,12 @@ from lightning_green.energy.reading import DomainEnergy
 #: ``EnergyMonitor(attribution=...)`` / ``make_meter(attribution=...)`` choices.
 ATTRIBUTIONS = ("auto", "job", "device")
 #: Node busy CPU seconds below which a window is too short for ``/proc/stat``'s 10 ms ticks: its
-#: share is then that of the latest window long enough (``...(recent)``), or before there is one,
-#: the job's share since the meter started (``...(run)``).
+#: share is then the job's over the shortest recent span that is long enough and ends where the
+#: window ends (``...(recent)``: from an earlier window's edge), or before there is one, the job's
+#: share since the meter started (``...(run)``).
 MIN_RESOLVED_BUSY_S = 0.2
+#: Window edges remembered for the spans of short windows (a few seconds of epochs).
+_EDGES = 256
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 #: cgroup paths that are a job of their own (the whole cgroup is the job, not just this process).
 JOB_CGROUP = re.compile(r"(slurm|job_\d+|kubepods|\.scope$|docker|containerd|libpod)")
@@ -177,8 +182,9 @@ class CpuTimeShare:
         #: Busy CPU cores of the quiet node, left out of the busy time jobs share (0: none known).
         self.background_cores = 0.0
         self.background_note = "not measured (no idle baseline): the jobs share all the node's busy time"
-        self._recent: float | None = None
         self._start = self.snapshot()  # fails here, not mid-run, where /proc/stat is unreadable
+        self._edges: deque[Sequence[float]] = deque(maxlen=_EDGES)  # window ends, oldest first
+        self._lock = threading.Lock()  # shares are asked on the training thread and the sampler's
 
     def snapshot(self) -> tuple[float, float, float]:
         return self._job(), self._node(), self._wall()
@@ -208,23 +214,25 @@ class CpuTimeShare:
         else:
             self.background_cores = cores
             self.background_note = f"{cores:.3f} cores, measured over the {seconds:.1f} s idle baseline"
-        self._recent = None  # a share resolved before the background was known
         return self.background_note
 
     def share(self, before: Sequence[float], after: Sequence[float]) -> Share:
-        job, node = after[0] - before[0], after[1] - before[1]
-        seconds = after[2] - before[2] if len(before) > 2 and len(after) > 2 else 0.0
         method = "attributed:cpu-time-share"
-        if node >= MIN_RESOLVED_BUSY_S:
-            self._recent = self._of(job, node, seconds)
-            return Share(self._recent, method)
-        if self._recent is not None:
-            # Too short for /proc/stat's ticks: the share of the latest window that was long enough
-            # (not the share since the start, which holds the wait before training began).
-            return Share(self._recent, method + "(recent)")
-        start = self._start
-        since = after[2] - start[2] if len(after) > 2 else 0.0
-        return Share(self._of(after[0] - start[0], after[1] - start[1], since), method + "(run)")
+        with self._lock:
+            edges = list(self._edges)
+            self._edges.append(after)
+        if after[1] - before[1] >= MIN_RESOLVED_BUSY_S:
+            return Share(self._over(before, after), method)
+        # Too short for /proc/stat's ticks: over the latest span long enough that ends with this
+        # window (not the share since the start, which holds the wait before training began, nor
+        # an earlier window's alone, which is stale by now).
+        for edge in reversed(edges):
+            if _wall(edge) <= _wall(after) and after[1] - edge[1] >= MIN_RESOLVED_BUSY_S:
+                return Share(self._over(edge, after), method + "(recent)")
+        return Share(self._over(self._start, after), method + "(run)")
+
+    def _over(self, before: Sequence[float], after: Sequence[float]) -> float:
+        return self._of(after[0] - before[0], after[1] - before[1], _wall(after) - _wall(before))
 
     def _of(self, job: float, node: float, seconds: float) -> float:
         # The others' busy time, less the node's background over the window (never below zero).
@@ -232,6 +240,10 @@ class CpuTimeShare:
         if job + others <= 0:
             return 1.0  # nothing was busy: nobody else used the package either
         return min(1.0, max(0.0, job / (job + others)))
+
+
+def _wall(snapshot: Sequence[float]) -> float:
+    return snapshot[2] if len(snapshot) > 2 else 0.0
 
 
 def max_background_cores() -> float:
