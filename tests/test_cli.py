@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from helpers import zygote
 from helpers.grid_server import grid_server
 
 from lightning_green.records import read_run, read_windows
@@ -27,8 +28,13 @@ TINY = [
 ]
 
 
-def cli(*args: str, cwd: Path, timeout: float = 300, exe: str = CLI) -> subprocess.CompletedProcess:
+def cli(*args: str, cwd: Path, timeout: float = 300, exe: str | None = None) -> subprocess.CompletedProcess:
+    """``lightning-green *args`` in ``cwd``: the console script ``exe`` as a process of its own, or
+    by default its function in a child forked from a process that has imported Lightning
+    (tests/helpers/zygote.py: the same process but for the import, which costs about 5 s here)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    if exe is None:
+        return zygote.shared().run(None, cwd, env, timeout, argv=["lightning-green", *args])
     return subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 

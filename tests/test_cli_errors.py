@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_cli import TINY, cli
+from test_cli import CLI, TINY, cli
 
 from lightning_green.records import read_run, read_windows
 from lightning_green.report.cli import main as report_main
@@ -156,7 +156,7 @@ def test_ddp_through_the_console_script(tmp_path: Path):
         r = cli(
             "train", "trainer=ddp", "trainer.accelerator=cpu", *TINY, f"hydra.run.dir={run}",
             "callbacks.layer_profiler._enabled_=true", "profiler.warmup_steps=1", "profiler.profile_steps=2",
-            cwd=tmp_path, timeout=300,
+            cwd=tmp_path, timeout=300, exe=CLI,
         )  # fmt: skip
     finally:
         os.environ.pop("MASTER_PORT", None)
@@ -197,7 +197,6 @@ def test_slurm_launcher_off_a_cluster_is_one_line(tmp_path: Path):
 @pytest.mark.slow
 def test_a_gpu_request_on_a_cluster_without_gpus_fails_before_trials(tmp_path: Path):
     from conftest import run_in_loopback_netns
-    from test_cli import CLI
 
     r = run_in_loopback_netns(
         [CLI, "tune", "tune.gpus_per_trial=1", "trainer=gpu", f"hydra.run.dir={tmp_path / 'gpu'}"],
@@ -214,8 +213,6 @@ def test_an_unusable_output_folder_is_one_line_before_training(tmp_path: Path):
     r = cli("train", f"output_dir={tmp_path / 'a-file'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     _one_line_error(r, f"invalid configuration: output_dir={tmp_path / 'a-file'}: is a file, not a folder")
     assert not (tmp_path / "run" / "energy.jsonl").exists()
-
-    from test_cli import CLI
     from test_infra_faults import in_mount_namespace
 
     src, ro = tmp_path / "src", tmp_path / "ro"

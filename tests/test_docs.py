@@ -1,7 +1,9 @@
 """The documentation: the site builds with warnings as errors, and every example runs as written.
 
 Every ```python and ```bash block of README.md and docs/**/*.md runs in a fresh temporary folder:
-Python in a fresh interpreter, shell with `bash -euo pipefail`. A block that starts Ray runs in a
+Python in a fresh process, shell with `bash -euo pipefail`. A Python example runs in a child forked
+from a process that has imported torch, Lightning and lightning_green once (tests/helpers/zygote.py:
+an import of Lightning costs about 5 s of CPU here, twenty times over), as its own `__main__`. A block that starts Ray runs in a
 private network and PID namespace (loopback only; `ray stop` there sees only its own Ray, and
 whatever it leaves ends with the namespace). A block that cannot run here says why in an HTML
 comment just before it, `<!-- skip: needs a SLURM cluster -->`.
@@ -19,8 +21,10 @@ import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Queue
 
 import pytest
+from helpers.zygote import Zygote
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -168,9 +172,24 @@ class Outcome:
     report: str = ""
 
 
-def run_block(block: Block, folder: Path) -> Outcome:
-    """Run one example as written in ``folder``: what happened, and its output if it failed."""
+def run_block(block: Block, folder: Path, zygotes: Queue[Zygote] | None = None) -> Outcome:
+    """Run one example as written in ``folder``: what happened, and its output if it failed.
+    A Python example that does not start Ray runs in a child of one of ``zygotes`` where given."""
     env = _env()
+    if block.lang == "python" and zygotes is not None and not USES_RAY.search(block.code):
+        script = folder / "example.py"
+        script.write_text(block.code)
+        zygote = zygotes.get()
+        try:
+            r = zygote.run(script, folder, env, EXAMPLE_TIMEOUT_S)
+        except subprocess.TimeoutExpired as err:
+            return Outcome(
+                False,
+                report=f"{block.name} ran past {EXAMPLE_TIMEOUT_S} s:\n{block.code}\n{err.stdout!r:.3000}",
+            )
+        finally:
+            zygotes.put(zygote)
+        return _outcome(block, r)
     if block.lang == "python":
         script = folder / "example.py"
         args = [sys.executable, str(script)]
@@ -200,6 +219,10 @@ def run_block(block: Block, folder: Path) -> Outcome:
     finally:
         if "RAY_TMPDIR" in env:
             shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+    return _outcome(block, r)
+
+
+def _outcome(block: Block, r: subprocess.CompletedProcess) -> Outcome:
     return Outcome(
         r.returncode == 0,
         report=f"{block.name} failed ({r.returncode}):\n{block.code}\n--- stdout ---\n{r.stdout[-3000:]}"
@@ -225,13 +248,19 @@ def outcomes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     first: dict[str, Block] = {}
     for b in sorted(runnable, key=lambda b: not USES_RAY.search(b.code)):
         first.setdefault(b.code, b)
+    zygotes: Queue[Zygote] = Queue()
+    for _ in range(WORKERS):
+        zygotes.put(Zygote(_env()))
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         futures = {
-            code: pool.submit(run_block, b, tmp_path_factory.mktemp("example")) for code, b in first.items()
+            code: pool.submit(run_block, b, tmp_path_factory.mktemp("example"), zygotes)
+            for code, b in first.items()
         }
         yield futures
         for f in futures.values():
             f.cancel()
+    while not zygotes.empty():
+        zygotes.get().close()
 
 
 @pytest.mark.slow

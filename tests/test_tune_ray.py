@@ -80,7 +80,9 @@ EVERY_STRATEGY = ["grid", "random", "bayes", "multi", "efficient", "asha", "bohb
 def test_compare_runs_every_strategy_and_writes_table_and_plots(tmp_path: Path):
     out = tmp_path / "cmp"
     every = f"'compare.strategies=[{','.join(EVERY_STRATEGY)}]'"
-    bash(f"lightning-green compare {every} tune.num_samples=3 'compare.seeds=[0]' {' '.join(TINY)} hydra.run.dir={out}\n"
+    # one trial at a time: one trial process per strategy (each imports Lightning, ~5 s of CPU here)
+    bash(f"lightning-green compare {every} tune.num_samples=3 tune.max_concurrent=1 'compare.seeds=[0]' {' '.join(TINY)} "
+         f"hydra.run.dir={out}\n"
          f"lightning-green report {out}/multi/seed0\n", tmp_path)  # fmt: skip
     table = pd.read_csv(out / "compare.csv").set_index("strategy")
     assert list(table.index) == EVERY_STRATEGY
@@ -225,7 +227,7 @@ def test_crashed_trials_are_retried_then_reported_failed(tmp_path: Path):
     out = tmp_path / "study"
     env = {"PYTHONPATH": f"{REPO / 'tests' / 'helpers'}:{os.environ.get('PYTHONPATH', '')}"}
     bash(f"""
-        lightning-green tune tune/strategy=grid tune.strategy.levels=2 tune.num_samples=4 tune.max_failures=1 \\
+        lightning-green tune tune/strategy=grid tune.strategy.levels=2 tune.num_samples=4 tune.max_failures=1 tune.max_concurrent=1 \\
           model._target_=crashy.CrashyCNN '+tune.space.params.model.hidden_units={{type: choice, values: [64, 65]}}' \\
           '~tune.space.params.optimizer.beta1' '~tune.space.params.optimizer.beta2' {" ".join(TINY)} hydra.run.dir={out}
     """, tmp_path, env=env)  # fmt: skip

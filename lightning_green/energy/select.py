@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -94,11 +96,34 @@ class SelectedMeter(CompositeMeter):
 
 
 def _visible_gpus() -> list[int]:
+    """CUDA's devices in this process. Where no NVIDIA driver lists a GPU there is none, and torch
+    (1.5 s to import) is not imported to say so: a tuning study's driver measures the node
+    without it."""
+    if "torch" not in sys.modules and not _driver_lists_a_gpu():
+        return []
     try:
         import torch
     except ImportError:  # pragma: no cover
         return []
     return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+def _driver_lists_a_gpu() -> bool:
+    """Whether NVML (the driver's library, which CUDA needs too) lists at least one device;
+    ``True`` when it cannot tell (CUDA is then asked)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no driver, no library: no GPU CUDA could use
+        return False
+    try:
+        return pynvml.nvmlDeviceGetCount() > 0
+    except Exception:
+        return True
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
 
 
 def make_meter(
