@@ -6,7 +6,7 @@
 #   1. architecture: the `architecture` space (depth, width, batch size, precision, epochs, lr: where
 #      energy varies), SAMPLES trials x SEEDS, one trial at a time, target accuracy 0.9, as
 #      compare_architecture.sh (its committed results are comparable);
-#   2. paper: the study's RQ1 on its 3-parameter space (Adam's lr, beta1, beta2), PAPER_SAMPLES
+#   2. paper: the paper's RQ1 on its 3-parameter space (Adam's lr, beta1, beta2), PAPER_SAMPLES
 #      trials x SEEDS, PAPER_EPOCHS epochs, two trials at once, as compare_strategies.sh: best
 #      accuracy per strategy, trials and joules to reach 95% of the best accuracy any strategy
 #      found (compare.target_fraction=0.95, no absolute target).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The study's RQ1: grid, random, Bayesian and multi-objective search on the paper's search space,
+# The paper's RQ1: grid, random, Bayesian and multi-objective search on its search space,
 # 24 trials per strategy, 3 seeds, on the embedded digits data.
 # Usage: [OUT=<folder>] bash benchmarks/compare_strategies.sh
 #   (default: a fresh temporary folder; the committed run: OUT=benchmarks/results/compare)

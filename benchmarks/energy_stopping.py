@@ -1,7 +1,7 @@
 """Energy saved and accuracy lost by EnergyEfficientStopping, against a fixed number of epochs and
 against Lightning's EarlyStopping on the same metric.
 
-Digits, the study's CNN (2 conv layers), ``--epochs`` epochs at most, ``--seeds`` seeds; energy is
+Digits, the paper's CNN (2 conv layers), ``--epochs`` epochs at most, ``--seeds`` seeds; energy is
 the fit's (estimated:cpu-time here, threads pinned to 1), accuracy the test accuracy of the last
 weights; several thresholds of EnergyEfficientStopping show the trade-off a user picks from.
 Usage: python benchmarks/energy_stopping.py [--epochs 40] [--seeds 5] [--min-gain-per-kj 5 10 20] [--out DIR]

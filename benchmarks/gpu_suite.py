@@ -22,8 +22,8 @@ that part:
 2. ``edge_cost``: the training thread's time per window edge, sampled vs ``sync_reads``, beside one
    raw energy read, one power read and one device sync; EnergyMonitor's time in its hooks per
    epoch both ways (target <= 0.2 ms per edge sampled).
-5. ``paper_rq2``: the study's 2x2x2 design (linear {3, 7} x conv {1, 4} x ReLU {absent, present})
-   on total and dynamic energy, beside the study's figures (``benchmarks/paper_rq2_gpu.py``).
+5. ``paper_rq2``: the paper's 2x2x2 design (linear {3, 7} x conv {1, 4} x ReLU {absent, present})
+   on total and dynamic energy, beside the paper's figures (``benchmarks/paper_rq2_gpu.py``).
 4. ``layer_ablation``: LayerEnergyProfiler's per-module energy against ablation
    (``benchmarks/layer_ablation.py``; target within 10% on a GPU), once per case and precision:
    the CNN and the transformer in bf16-mixed, then in fp32, then the ResNet in both.

@@ -8,7 +8,7 @@ each method's prediction of the difference is the own energy of the modules the 
 share (each from its own model's profile), and its error against the measured difference is printed.
 
 Cases:
-- ``cnn``: the study's CNN, 4 conv blocks vs 1 (CIFAR-10 shaped synthetic data, 3x32x32). The
+- ``cnn``: the paper's CNN, 4 conv blocks vs 1 (CIFAR-10 shaped synthetic data, 3x32x32). The
   first linear layer's input width changes with the depth, so it is in the differing set.
 - ``transformer``: a nanoGPT-style transformer (attention through scaled_dot_product_attention in
   a parent's forward), N blocks vs N/2.

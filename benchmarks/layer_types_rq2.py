@@ -1,4 +1,4 @@
-"""The study's architecture finding, per layer type: profile the paper's simple CNN in its 2x2x2
+"""The paper's architecture finding, per layer type: profile its simple CNN in the 2x2x2
 design (conv layers {1, 4} x linear layers {3, 7} x ReLU {on, off}) on the embedded digits data
 with `lightning-green profile`, and tabulate each layer type's share of the step energy.
 

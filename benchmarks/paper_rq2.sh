@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The study's RQ2 design as a Hydra multirun on the embedded digits data, then the report.
+# The paper's RQ2 design as a Hydra multirun on the embedded digits data, then the report.
 # Usage: [OUT=<folder>] bash benchmarks/paper_rq2.sh
 #   (default: a fresh temporary folder; the committed runs: OUT=benchmarks/results/paper_rq2, and
 #   OUT=benchmarks/results/paper_rq2_repeat right after it)
 # Three seeds per cell (SEEDS): the estimate moves about 9% run to run, and one run per cell
 # lets that noise move eta^2; the seed is then a factor of its own, whose eta^2 shows the noise.
-# Threads are pinned (THREADS, default 1): the CPU-time estimate follows them, and the study's
+# Threads are pinned (THREADS, default 1): the CPU-time estimate follows them, and the paper's
 # finding reproduces run to run only with one setting on a quiet machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,11 +1,11 @@
-"""The study's RQ2 design (conv layers {1,4} x linear {3,7} x ReLU {on,off}) on total and dynamic energy.
+"""The paper's RQ2 design (conv layers {1,4} x linear {3,7} x ReLU {on,off}) on total and dynamic energy.
 
 Each of the 8 configurations of the project's SimpleCNN trains two epochs of ``--steps`` batches
 of ``--batch-size`` on synthetic data shaped like Fashion-MNIST (1x28x28) and like CIFAR-10
 (3x32x32); the second epoch's training energy is measured by EnergyMonitor, beside its dynamic
 part (above the devices' idle baseline, measured before training). It prints, for each shape, the
 energy cut from 4 to 1 conv layers and each factor's eta^2, on total and on dynamic energy, next to
-the study's figures. On a GPU it reads NVML (plain python: no Hydra or Ray needed). On a machine
+the paper's figures. On a GPU it reads NVML (plain python: no Hydra or Ray needed). On a machine
 without counters the energy is the CPU-time estimate, which is dynamic already (the two columns
 then agree).
 Usage: python benchmarks/paper_rq2_gpu.py [--steps 300] [--batch-size 128] [--baseline-s 2]

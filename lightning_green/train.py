@@ -5,7 +5,7 @@ Usage::
     lightning-green train                                  # default CNN on digits
     lightning-green train model.conv_layers=4 trainer.max_epochs=3
     lightning-green train -m model.conv_layers=1,2,4       # a multirun
-    lightning-green train +experiment=paper_rq2            # the study's 2x2x2 design
+    lightning-green train +experiment=paper_rq2            # the paper's 2x2x2 design
     python -m lightning_green.train ...                    # the same
 """
 

@@ -1,6 +1,6 @@
 """Stop training when a metric's improvement per kilojoule falls below a threshold.
 
-The study behind lightning-green found diminishing returns in accuracy for energy: this stops
+The paper behind lightning-green found diminishing returns in accuracy for energy: this stops
 where the next joules buy too little.
 """
 

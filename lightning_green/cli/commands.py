@@ -124,7 +124,7 @@ COMMANDS: dict[str, Command] = {
                 "add LayerEnergyProfiler: energy per layer"),
             Key("logger", "NAME", "csv",
                 "where metrics go: {choices}; several: logger=[csv,mlflow]; none: logger=null"),
-            Key("+experiment", "NAME", None, "a preset: {choices} (paper_rq2: the study's 2x2x2 multirun)"),
+            Key("+experiment", "NAME", None, "a preset: {choices} (paper_rq2: the paper's 2x2x2 multirun)"),
             _THREADS,
             _SEED,
             Key("test", "BOOL", "true", "test the best checkpoint after fitting"),

@@ -1,4 +1,4 @@
-"""The LightningModule that trains any of the networks with the study's Adam settings."""
+"""The LightningModule that trains any of the networks with the paper's Adam settings."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class LitClassifier(pl.LightningModule):
 
     Args:
         net: The network.
-        lr, beta1, beta2, eps, weight_decay: Adam's settings (the study tuned lr, beta1, beta2).
+        lr, beta1, beta2, eps, weight_decay: Adam's settings (the paper tuned lr, beta1, beta2).
 
     Raises:
         ValueError: Naming the argument, for values outside Adam's valid ranges.

@@ -1,4 +1,4 @@
-"""Networks of configurable depth and width: the study's simple CNN, its two dense nets, torchvision.
+"""Networks of configurable depth and width: the paper's simple CNN, its two dense nets, torchvision.
 
 The CNN follows Yarally et al. (CAIN 2023): block ``d`` (0-based) is a 3x3 convolution to
 ``3**(d+1) * base_channels`` channels, BatchNorm, ReLU and 2x2 max-pooling, then ``linear_layers``
@@ -34,7 +34,7 @@ def _head(
 
 
 class SimpleCNN(nn.Sequential):
-    """The study's simple CNN.
+    """The paper's simple CNN.
 
     Args:
         conv_layers: Number of conv blocks (>= 1).
@@ -90,7 +90,7 @@ class SimpleCNN(nn.Sequential):
 class DenseNet(nn.Sequential):
     """A fully connected net whose hidden widths shrink from ``width`` towards the classes.
 
-    ``shape="linear"`` (the study's ``dense_linear``) shrinks widths linearly; ``shape="poly"``
+    ``shape="linear"`` (the paper's ``dense_linear``) shrinks widths linearly; ``shape="poly"``
     (``dense_poly``) halves them layer by layer (a geometric, polynomially decaying profile).
 
     Raises:

@@ -191,7 +191,7 @@ def swept_factors(df: pd.DataFrame) -> list[str]:
 
 def main_effects(df: pd.DataFrame, response: str = "energy_j") -> pd.DataFrame:
     """Each swept factor's main effect on ``response``: eta squared (SS_factor / SS_total), the share of
-    variance it explains, as the study reports, plus the mean response per level and the change
+    variance it explains, as the paper reports, plus the mean response per level and the change
     from the highest level to the lowest."""
     y = df[response].astype(float)
     ss_total = float(((y - y.mean()) ** 2).sum())
