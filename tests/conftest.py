@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -58,21 +59,28 @@ def run_in_loopback_netns(
 ) -> subprocess.CompletedProcess:
     """Run a command in a private network namespace with only loopback up.
 
-    Ray then binds to 127.0.0.1 and no test traffic leaves this machine.
+    Ray then binds to 127.0.0.1 and no test traffic leaves this machine. Ray's files go to a
+    folder of the command's own (``RAY_TMPDIR``, short: Ray's socket paths are limited): tests
+    that run at once on other workers share no ``/tmp/ray/session_latest``, whose processes a
+    session that is still shutting down would otherwise reach.
     """
     if not netns_available():
         if os.environ.get("CI"):
             pytest.fail("CI needs `unshare -n` (root) to keep Ray on loopback")
         pytest.skip("needs `unshare -n` and `ip` (root) to keep Ray traffic on loopback")
     script = "ip link set lo up && exec " + " ".join(_quote(a) for a in args)
-    return subprocess.run(
-        ["unshare", "-n", "bash", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-        cwd=cwd,
-    )
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    try:
+        return subprocess.run(
+            ["unshare", "-n", "bash", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "RAY_TMPDIR": ray_tmp, **(env or {})},
+            cwd=cwd,
+        )
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def _quote(a: str) -> str:
