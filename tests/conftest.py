@@ -70,17 +70,19 @@ def run_in_loopback_netns(
         pytest.skip("needs `unshare -n` and `ip` (root) to keep Ray traffic on loopback")
     script = "ip link set lo up && exec " + " ".join(_quote(a) for a in args)
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    try:
-        return subprocess.run(
-            ["unshare", "-n", "bash", "-c", script],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**os.environ, "RAY_TMPDIR": ray_tmp, **(env or {})},
-            cwd=cwd,
-        )
-    finally:
+    r = subprocess.run(
+        ["unshare", "-n", "bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "RAY_TMPDIR": ray_tmp, **(env or {})},
+        cwd=cwd,
+    )
+    if r.returncode == 0:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+    else:  # Ray's own logs say why a session died
+        r.stderr += f"\n(Ray's session files are kept in {ray_tmp})\n"
+    return r
 
 
 def _quote(a: str) -> str:
