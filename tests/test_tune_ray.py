@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -292,8 +293,9 @@ def test_a_failed_trials_energy_comes_from_its_records(tmp_path: Path):
     # still be ending when the second starts, and must not find the second's raylet on the port
     # its own raylet had.
     for out, retries in ((once, 0), (twice, 1)):
-        bash(f"lightning-green tune tune.num_samples=1 tune.max_failures={retries} {fail} {' '.join(TINY)} "
-             f"hydra.run.dir={out}", tmp_path, env=env)  # fmt: skip
+        command = (f"lightning-green tune tune.num_samples=1 tune.max_failures={retries} {fail} {' '.join(TINY)} "
+                   f"hydra.run.dir={out}")  # fmt: skip
+        bash_unless_rays_node_died(command, tmp_path, env=env)
     for out, attempts in ((once, 1), (twice, 2)):
         trials = pd.read_csv(out / "trials.csv")
         meta = json.loads((out / "study.json").read_text())
@@ -320,6 +322,23 @@ def test_a_failed_trials_energy_comes_from_its_records(tmp_path: Path):
         assert study_metrics(trials)["total_energy_j"] == pytest.approx(every, rel=1e-9)
         assert study_metrics(trials)["total_dynamic_energy_j"] == pytest.approx(every, rel=1e-9)
         assert meta["framework_energy_j"] is None or meta["framework_energy_j"] >= 0
+
+
+def bash_unless_rays_node_died(script: str, tmp_path: Path, env: dict) -> None:
+    """:func:`bash`, run once more where Ray's own node process died under it. On the loaded 2-core
+    machine, Ray 2.60's raylet has died (no signal logged, seconds after it SIGKILLed a failed
+    trial's worker group) in 3 of 6 full suite runs of the retried study below, never in 6 runs alone;
+    the study's figures are still checked in full on the run that Ray completes."""
+    for attempt in (1, 2):
+        r = run_in_loopback_netns(["bash", "-c", f"export PATH={BIN}:$PATH; {script}"], timeout=400,
+                                  cwd=tmp_path, env=env)  # fmt: skip
+        if r.returncode == 0:
+            return
+        if attempt == 2 or "Raylet is terminated" not in r.stderr:
+            break
+        print(f"Ray's raylet died under the study (attempt {attempt}); running it again:\n{r.stderr[-1500:]}")
+        shutil.rmtree(tmp_path / script.rsplit("hydra.run.dir=", 1)[1].split()[0], ignore_errors=True)
+    raise AssertionError(r.stdout[-3000:] + "\n--- stderr ---\n" + r.stderr[-5000:])
 
 
 def test_interrupted_study_resumes_without_rerunning_finished_trials(tmp_path: Path):
