@@ -325,18 +325,21 @@ def test_a_failed_trials_energy_comes_from_its_records(tmp_path: Path):
 
 
 def bash_unless_rays_node_died(script: str, tmp_path: Path, env: dict) -> None:
-    """:func:`bash`, run once more where Ray's own node process died under it. On the loaded 2-core
-    machine, Ray 2.60's raylet has died (no signal logged, seconds after it SIGKILLed a failed
-    trial's worker group) in 3 of 6 full suite runs of the retried study below, never in 6 runs alone;
-    the study's figures are still checked in full on the run that Ray completes."""
+    """:func:`bash`, run once more where Ray's own node process died under it. In full suite runs
+    on the 2-core machine, Ray 2.60's raylet has died in this test's studies (no signal logged; 1
+    to 4 s after the session started, or seconds after it SIGKILLed a failed trial's worker group)
+    in 4 of 7 runs, loaded or quiet, and never in 6 runs of the test alone; the cause is not known
+    yet (Ray's logs are kept, see conftest). The study's figures are still checked in full on the
+    run that Ray completes; any other failure fails the test."""
     for attempt in (1, 2):
         r = run_in_loopback_netns(["bash", "-c", f"export PATH={BIN}:$PATH; {script}"], timeout=400,
                                   cwd=tmp_path, env=env)  # fmt: skip
         if r.returncode == 0:
             return
-        if attempt == 2 or "Raylet is terminated" not in r.stderr:
+        said = r.stdout + r.stderr  # Ray's driver prints the raylet's death on stdout
+        if attempt == 2 or not ("Raylet is terminated" in said or "Failed to connect to GCS" in said):
             break
-        print(f"Ray's raylet died under the study (attempt {attempt}); running it again:\n{r.stderr[-1500:]}")
+        print(f"Ray's raylet died under the study (attempt {attempt}); running it again:\n{said[-1500:]}")
         shutil.rmtree(tmp_path / script.rsplit("hydra.run.dir=", 1)[1].split()[0], ignore_errors=True)
     raise AssertionError(r.stdout[-3000:] + "\n--- stderr ---\n" + r.stderr[-5000:])
 
