@@ -60,9 +60,9 @@ def run_in_loopback_netns(
     """Run a command in a private network namespace with only loopback up.
 
     Ray then binds to 127.0.0.1 and no test traffic leaves this machine. Ray's files go to a
-    folder of the command's own (``RAY_TMPDIR``, short: Ray's socket paths are limited): tests
-    that run at once on other workers share no ``/tmp/ray/session_latest``, whose processes a
-    session that is still shutting down would otherwise reach.
+    folder of the command's own (``RAY_TMPDIR``, short: Ray's socket paths are limited), so tests
+    running at once on other workers share none; it is removed when the command succeeds and kept,
+    with its path in ``stderr``, when it fails: Ray's own logs say why a session died.
     """
     if not netns_available():
         if os.environ.get("CI"):
@@ -80,7 +80,7 @@ def run_in_loopback_netns(
     )
     if r.returncode == 0:
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    else:  # Ray's own logs say why a session died
+    else:
         r.stderr += f"\n(Ray's session files are kept in {ray_tmp})\n"
     return r
 

@@ -33,10 +33,28 @@ TINY = [
 ]
 
 
-def bash(script: str, tmp_path: Path, timeout: float = 400, env: dict | None = None):
+def bash(script: str, tmp_path: Path, timeout: float = 400, env: dict | None = None,
+         again_if_ray_died: Path | None = None):  # fmt: skip
+    """Run ``script`` in a loopback-only network namespace; it must succeed.
+
+    ``again_if_ray_died``: the script's output folder, cleared and the script run once more where
+    Ray's own node process died under it. In full suite runs on the 2-core machine, Ray 2.60's
+    raylet died (no signal logged; 1 to 4 s after its session started, or seconds after it
+    SIGKILLed a failed trial's worker group) in 4 of 7 runs, loaded or quiet, always in the
+    failed-trial test's studies and never in 6 runs of that test alone; the cause is not known yet
+    (Ray's logs are kept, see conftest). Any other failure fails at once."""
     path = tmp_path / "run.sh"
     path.write_text("set -euo pipefail\nexport PATH=" + str(BIN) + ":$PATH\n" + textwrap.dedent(script))
     r = run_in_loopback_netns(["bash", str(path)], timeout=timeout, cwd=tmp_path, env=env)
+    said = r.stdout + r.stderr  # Ray's driver prints the raylet's death on stdout
+    if (
+        r.returncode
+        and again_if_ray_died
+        and ("Raylet is terminated" in said or "Failed to connect to GCS" in said)
+    ):
+        print(f"Ray's raylet died under the study; running it again:\n{said[-1500:]}")
+        shutil.rmtree(again_if_ray_died, ignore_errors=True)
+        r = run_in_loopback_netns(["bash", str(path)], timeout=timeout, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + "\n--- stderr ---\n" + r.stderr[-5000:]
     return r
 
@@ -293,9 +311,8 @@ def test_a_failed_trials_energy_comes_from_its_records(tmp_path: Path):
     # still be ending when the second starts, and must not find the second's raylet on the port
     # its own raylet had.
     for out, retries in ((once, 0), (twice, 1)):
-        command = (f"lightning-green tune tune.num_samples=1 tune.max_failures={retries} {fail} {' '.join(TINY)} "
-                   f"hydra.run.dir={out}")  # fmt: skip
-        bash_unless_rays_node_died(command, tmp_path, env=env)
+        bash(f"lightning-green tune tune.num_samples=1 tune.max_failures={retries} {fail} {' '.join(TINY)} "
+             f"hydra.run.dir={out}", tmp_path, env=env, again_if_ray_died=out)  # fmt: skip
     for out, attempts in ((once, 1), (twice, 2)):
         trials = pd.read_csv(out / "trials.csv")
         meta = json.loads((out / "study.json").read_text())
@@ -322,26 +339,6 @@ def test_a_failed_trials_energy_comes_from_its_records(tmp_path: Path):
         assert study_metrics(trials)["total_energy_j"] == pytest.approx(every, rel=1e-9)
         assert study_metrics(trials)["total_dynamic_energy_j"] == pytest.approx(every, rel=1e-9)
         assert meta["framework_energy_j"] is None or meta["framework_energy_j"] >= 0
-
-
-def bash_unless_rays_node_died(script: str, tmp_path: Path, env: dict) -> None:
-    """:func:`bash`, run once more where Ray's own node process died under it. In full suite runs
-    on the 2-core machine, Ray 2.60's raylet has died in this test's studies (no signal logged; 1
-    to 4 s after the session started, or seconds after it SIGKILLed a failed trial's worker group)
-    in 4 of 7 runs, loaded or quiet, and never in 6 runs of the test alone; the cause is not known
-    yet (Ray's logs are kept, see conftest). The study's figures are still checked in full on the
-    run that Ray completes; any other failure fails the test."""
-    for attempt in (1, 2):
-        r = run_in_loopback_netns(["bash", "-c", f"export PATH={BIN}:$PATH; {script}"], timeout=400,
-                                  cwd=tmp_path, env=env)  # fmt: skip
-        if r.returncode == 0:
-            return
-        said = r.stdout + r.stderr  # Ray's driver prints the raylet's death on stdout
-        if attempt == 2 or not ("Raylet is terminated" in said or "Failed to connect to GCS" in said):
-            break
-        print(f"Ray's raylet died under the study (attempt {attempt}); running it again:\n{said[-1500:]}")
-        shutil.rmtree(tmp_path / script.rsplit("hydra.run.dir=", 1)[1].split()[0], ignore_errors=True)
-    raise AssertionError(r.stdout[-3000:] + "\n--- stderr ---\n" + r.stderr[-5000:])
 
 
 def test_interrupted_study_resumes_without_rerunning_finished_trials(tmp_path: Path):
