@@ -47,31 +47,39 @@ def rapl_tree(tmp_path: Path) -> Path:
     return make_rapl_tree(tmp_path / "powercap", {0: 900_000, 1: 100}, dram={0: 10})
 
 
+#: A private network namespace (only ``lo``, brought up by the command) and a private PID namespace:
+#: ``ray stop --force`` kills every Ray process it can see, so run beside another test's Ray it
+#: SIGKILLed that test's raylet (the "Raylet is terminated" failures of full runs); in a PID namespace
+#: of its own it sees only its command's Ray, and whatever the command leaves running dies with it.
+UNSHARE = ["unshare", "-n", "-p", "-f", "--mount-proc"]
+
+
 def netns_available() -> bool:
     if shutil.which("unshare") is None or shutil.which("ip") is None:
         return False
-    r = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+    r = subprocess.run([*UNSHARE, "true"], capture_output=True)
     return r.returncode == 0
 
 
 def run_in_loopback_netns(
     args: list[str], timeout: float = 300, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
-    """Run a command in a private network namespace with only loopback up.
+    """Run a command in a private network namespace with only loopback up, and a PID namespace.
 
-    Ray then binds to 127.0.0.1 and no test traffic leaves this machine. Ray's files go to a
+    Ray then binds to 127.0.0.1 and no test traffic leaves this machine; ``ray stop`` in the
+    command stops only the command's own Ray (see ``UNSHARE``). Ray's files go to a
     folder of the command's own (``RAY_TMPDIR``, short: Ray's socket paths are limited), so tests
     running at once on other workers share none; it is removed when the command succeeds and kept,
     with its path in ``stderr``, when it fails: Ray's own logs say why a session died.
     """
     if not netns_available():
         if os.environ.get("CI"):
-            pytest.fail("CI needs `unshare -n` (root) to keep Ray on loopback")
-        pytest.skip("needs `unshare -n` and `ip` (root) to keep Ray traffic on loopback")
+            pytest.fail("CI needs `unshare -n -p` (root) to keep Ray on loopback and to itself")
+        pytest.skip("needs `unshare -n -p` and `ip` (root) to keep Ray on loopback and to itself")
     script = "ip link set lo up && exec " + " ".join(_quote(a) for a in args)
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     r = subprocess.run(
-        ["unshare", "-n", "bash", "-c", script],
+        [*UNSHARE, "bash", "-c", script],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -24,6 +24,7 @@ from pathlib import Path
 from queue import Queue
 
 import pytest
+from conftest import UNSHARE, netns_available
 from helpers.zygote import Zygote
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,13 +159,6 @@ def test_the_site_builds_with_warnings_as_errors(tmp_path: Path):
     assert 'id="lightning_green.EnergyMonitor"' in reference and "energy/train_epoch_j" in reference
 
 
-def _namespaces_available() -> bool:
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return False
-    r = subprocess.run(["unshare", "-n", "-p", "-f", "--mount-proc", "true"], capture_output=True)
-    return r.returncode == 0
-
-
 @dataclass(frozen=True)
 class Outcome:
     ok: bool
@@ -198,7 +192,7 @@ def run_block(block: Block, folder: Path, zygotes: Queue[Zygote] | None = None) 
         args = ["bash", "-euo", "pipefail", str(script)]
     script.write_text(block.code)
     if USES_RAY.search(block.code):
-        if not _namespaces_available():
+        if not netns_available():
             if os.environ.get("CI"):
                 return Outcome(
                     False, report="CI needs `unshare -n -p` (root) to keep the example's Ray on loopback"
@@ -206,8 +200,7 @@ def run_block(block: Block, folder: Path, zygotes: Queue[Zygote] | None = None) 
             return Outcome(False, skip="needs `unshare -n -p` (root) to keep Ray on loopback and to itself")
         # Ray's files in a folder of this example's own (short: Ray's socket paths are limited).
         env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rd", dir="/tmp")
-        args = ["unshare", "-n", "-p", "-f", "--mount-proc", "bash", "-c",
-                'ip link set lo up && exec "$@"', "example", *args]  # fmt: skip
+        args = [*UNSHARE, "bash", "-c", 'ip link set lo up && exec "$@"', "example", *args]
     try:
         r = subprocess.run(
             args, cwd=folder, capture_output=True, text=True, timeout=EXAMPLE_TIMEOUT_S, env=env

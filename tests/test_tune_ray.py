@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import shutil
 import textwrap
 from pathlib import Path
 
@@ -33,28 +32,11 @@ TINY = [
 ]
 
 
-def bash(script: str, tmp_path: Path, timeout: float = 400, env: dict | None = None,
-         again_if_ray_died: Path | None = None):  # fmt: skip
-    """Run ``script`` in a loopback-only network namespace; it must succeed.
-
-    ``again_if_ray_died``: the script's output folder, cleared and the script run once more where
-    Ray's own node process died under it. In full suite runs on the 2-core machine, Ray 2.60's
-    raylet died (no signal logged; 1 to 4 s after its session started, or seconds after it
-    SIGKILLed a failed trial's worker group) in 4 of 7 runs, loaded or quiet, always in the
-    failed-trial test's studies and never in 6 runs of that test alone; the cause is not known yet
-    (Ray's logs are kept, see conftest). Any other failure fails at once."""
+def bash(script: str, tmp_path: Path, timeout: float = 400, env: dict | None = None):
+    """Run ``script`` in loopback-only network and PID namespaces (conftest); it must succeed."""
     path = tmp_path / "run.sh"
     path.write_text("set -euo pipefail\nexport PATH=" + str(BIN) + ":$PATH\n" + textwrap.dedent(script))
     r = run_in_loopback_netns(["bash", str(path)], timeout=timeout, cwd=tmp_path, env=env)
-    said = r.stdout + r.stderr  # Ray's driver prints the raylet's death on stdout
-    if (
-        r.returncode
-        and again_if_ray_died
-        and ("Raylet is terminated" in said or "Failed to connect to GCS" in said)
-    ):
-        print(f"Ray's raylet died under the study; running it again:\n{said[-1500:]}")
-        shutil.rmtree(again_if_ray_died, ignore_errors=True)
-        r = run_in_loopback_netns(["bash", str(path)], timeout=timeout, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + "\n--- stderr ---\n" + r.stderr[-5000:]
     return r
 
@@ -168,9 +150,7 @@ def test_compare_runs_every_strategy_and_writes_table_and_plots(tmp_path: Path):
 def test_two_node_loopback_cluster(tmp_path: Path):
     out, gateway = tmp_path / "study", tmp_path / "gateway"
     port = 26379 + os.getpid() % 1000
-    # In a PID namespace of its own, `ray stop` stops this cluster only, not other tests' Ray.
     bash(f"""
-        [ -n "${{IN_PIDNS:-}}" ] || IN_PIDNS=1 exec unshare -p -f --mount-proc bash "$0"
         {start_gateway(gateway)}
         trap 'ray stop --force >/dev/null 2>&1 || true; kill $receiver 2>/dev/null || true' EXIT
         export RAY_AUTH_MODE=token  # Ray >= 2.59 authenticates local clusters; every node and the driver share the token
@@ -307,9 +287,8 @@ def test_a_failed_trials_energy_comes_from_its_records(tmp_path: Path):
     once, twice = tmp_path / "once", tmp_path / "twice"
     env = {"PYTHONPATH": f"{REPO / 'tests' / 'helpers'}:{os.environ.get('PYTHONPATH', '')}"}
     fail = "'+callbacks.fail._target_=trial_faults.RaiseMidEpoch'"
-    # Each study in a network namespace of its own: the first one's failed trial process may
-    # still be ending when the second starts, and must not find the second's raylet on the port
-    # its own raylet had.
+    # Each study in namespaces of its own: whatever the first one's failed trial leaves running
+    # ends with its namespace, before the second study starts.
     for out, retries in ((once, 0), (twice, 1)):
         bash(f"lightning-green tune tune.num_samples=1 tune.max_failures={retries} {fail} {' '.join(TINY)} "
              f"hydra.run.dir={out}", tmp_path, env=env, again_if_ray_died=out)  # fmt: skip
