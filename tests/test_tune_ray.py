@@ -291,7 +291,7 @@ def test_a_failed_trials_energy_comes_from_its_records(tmp_path: Path):
     # ends with its namespace, before the second study starts.
     for out, retries in ((once, 0), (twice, 1)):
         bash(f"lightning-green tune tune.num_samples=1 tune.max_failures={retries} {fail} {' '.join(TINY)} "
-             f"hydra.run.dir={out}", tmp_path, env=env, again_if_ray_died=out)  # fmt: skip
+             f"hydra.run.dir={out}", tmp_path, env=env)  # fmt: skip
     for out, attempts in ((once, 1), (twice, 2)):
         trials = pd.read_csv(out / "trials.csv")
         meta = json.loads((out / "study.json").read_text())
