@@ -29,6 +29,9 @@ TINY = [
     "trainer.limit_train_batches=4",
     "trainer.limit_val_batches=2",
     "trainer.limit_test_batches=2",
+    # Ray's own per-trial files (its TensorBoard writer costs ~2 s of CPU per study to import):
+    # off here; the tests that leave out this item (efficient, two-node, interrupted) keep them.
+    "tune.ray_loggers=false",
 ]
 
 

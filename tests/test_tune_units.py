@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from pathlib import Path
 
@@ -757,3 +758,25 @@ def test_bohb_proposes_with_a_seeded_tpe():
         return out
 
     assert run(0) == run(0) != run(1)
+
+
+@pytest.mark.parametrize("stats, imported", [("0", False), ("1", True)])
+def test_ray_tags_callbacks_only_where_usage_stats_are_sent(tmp_path: Path, stats: str, imported: bool):
+    """Where Ray's usage stats are off, a study does not pay for Tune's callback tag (which imports
+    every logger integration Ray knows, MLflow's among them); where they are on, Ray tags as usual."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from ray.air._internal import usage\n"
+        "from ray.tune import Callback\n"
+        "from lightning_green.tune.study import skip_unsent_callback_tags\n"
+        "skip_unsent_callback_tags()\n"
+        "usage.tag_callbacks([Callback()])\n"
+        "print('mlflow' in sys.modules)\n"
+    )
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": stats}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split()[-1] == str(imported)
