@@ -14,6 +14,7 @@ other processes share a GPU, :meth:`NvmlMeter.shares` splits its counter among t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -32,6 +33,22 @@ def _pynvml():
     except ImportError as err:  # pragma: no cover - a declared dependency
         raise MeterUnavailableError("pynvml is not importable; install nvidia-ml-py") from err
     return pynvml
+
+
+def driver_lists_a_gpu() -> bool:
+    """Whether NVML (which CUDA needs too) lists a device; ``True`` when it cannot tell."""
+    try:
+        nvml = _pynvml()
+        nvml.nvmlInit()
+    except Exception:  # no driver, no library: no GPU CUDA could use
+        return False
+    try:
+        return nvml.nvmlDeviceGetCount() > 0
+    except Exception:
+        return True
+    finally:
+        with contextlib.suppress(Exception):
+            nvml.nvmlShutdown()
 
 
 def visible_devices(value: str | None) -> list[str] | None:
@@ -91,9 +108,7 @@ def _bare_uuid(value: object) -> str | None:
     """A UUID without its ``GPU-``/``MIG-`` prefix, lower case (torch prints CUDA's without one)."""
     if value is None:
         return None
-    text = str(value).strip().lower()
-    for prefix in ("gpu-", "mig-"):
-        text = text.removeprefix(prefix)
+    text = str(value).strip().lower().removeprefix("gpu-").removeprefix("mig-")
     return text or None
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
@@ -18,7 +17,7 @@ from lightning_green.energy.attribution import (
 )
 from lightning_green.energy.base import CompositeMeter, Meter, MeterUnavailableError
 from lightning_green.energy.estimate import DEFAULT_WATTS_PER_CORE, EstimateMeter, ProcessTree
-from lightning_green.energy.nvml import NvmlMeter
+from lightning_green.energy.nvml import NvmlMeter, driver_lists_a_gpu
 from lightning_green.energy.rapl import DEFAULT_ROOT, RaplMeter, discover_zones
 from lightning_green.energy.zeus_backend import ZeusMeter
 
@@ -99,31 +98,13 @@ def _visible_gpus() -> list[int]:
     """CUDA's devices in this process. Where no NVIDIA driver lists a GPU there is none, and torch
     (1.5 s to import) is not imported to say so: a tuning study's driver measures the node
     without it."""
-    if "torch" not in sys.modules and not _driver_lists_a_gpu():
+    if "torch" not in sys.modules and not driver_lists_a_gpu():
         return []
     try:
         import torch
     except ImportError:  # pragma: no cover
         return []
     return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-
-
-def _driver_lists_a_gpu() -> bool:
-    """Whether NVML (the driver's library, which CUDA needs too) lists at least one device;
-    ``True`` when it cannot tell (CUDA is then asked)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:  # no driver, no library: no GPU CUDA could use
-        return False
-    try:
-        return pynvml.nvmlDeviceGetCount() > 0
-    except Exception:
-        return True
-    finally:
-        with contextlib.suppress(Exception):
-            pynvml.nvmlShutdown()
 
 
 def make_meter(
