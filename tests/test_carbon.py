@@ -152,7 +152,10 @@ def test_co2e_is_the_sum_over_windows_of_each_windows_intensity(tmp_path: Path):
     assert min(used) <= effective <= max(used)
     assert summary["co2e_g"] == pytest.approx(summary["total_kwh"] * 1.2 * effective)
     assert "embodied carbon" in summary["carbon"]["covers"]
-    assert float(trainer.callback_metrics["carbon/intensity_g_per_kwh"]) in used
+    # The logged intensity is the one in force when it was logged: the newest the provider knew,
+    # which a background refresh may have brought after the last window closed (the values rise).
+    logged = float(trainer.callback_metrics["carbon/intensity_g_per_kwh"])
+    assert logged in values and logged >= max(used)
 
 
 def test_a_fixed_place_labels_every_record():
