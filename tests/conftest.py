@@ -54,6 +54,11 @@ def rapl_tree(tmp_path: Path) -> Path:
 UNSHARE = ["unshare", "-n", "-p", "-f", "--mount-proc"]
 
 
+def in_loopback_namespaces(args: list[str]) -> list[str]:
+    """The command line that runs ``args`` inside ``UNSHARE``'s namespaces, with ``lo`` up."""
+    return [*UNSHARE, "bash", "-c", 'ip link set lo up && exec "$@"', "loopback", *args]
+
+
 def netns_available() -> bool:
     if shutil.which("unshare") is None or shutil.which("ip") is None:
         return False
@@ -76,10 +81,9 @@ def run_in_loopback_netns(
         if os.environ.get("CI"):
             pytest.fail("CI needs `unshare -n -p` (root) to keep Ray on loopback and to itself")
         pytest.skip("needs `unshare -n -p` and `ip` (root) to keep Ray on loopback and to itself")
-    script = "ip link set lo up && exec " + " ".join(_quote(a) for a in args)
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     r = subprocess.run(
-        [*UNSHARE, "bash", "-c", script],
+        in_loopback_namespaces(args),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -91,12 +95,6 @@ def run_in_loopback_netns(
     else:
         r.stderr += f"\n(Ray's session files are kept in {ray_tmp})\n"
     return r
-
-
-def _quote(a: str) -> str:
-    import shlex
-
-    return shlex.quote(a)
 
 
 PYTHON = sys.executable

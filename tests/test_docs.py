@@ -24,7 +24,7 @@ from pathlib import Path
 from queue import Queue
 
 import pytest
-from conftest import UNSHARE, netns_available
+from conftest import in_loopback_namespaces, netns_available
 from helpers.zygote import Zygote
 
 REPO = Path(__file__).resolve().parents[1]
@@ -200,7 +200,7 @@ def run_block(block: Block, folder: Path, zygotes: Queue[Zygote] | None = None) 
             return Outcome(False, skip="needs `unshare -n -p` (root) to keep Ray on loopback and to itself")
         # Ray's files in a folder of this example's own (short: Ray's socket paths are limited).
         env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rd", dir="/tmp")
-        args = [*UNSHARE, "bash", "-c", 'ip link set lo up && exec "$@"', "example", *args]
+        args = in_loopback_namespaces(args)
     try:
         r = subprocess.run(
             args, cwd=folder, capture_output=True, text=True, timeout=EXAMPLE_TIMEOUT_S, env=env

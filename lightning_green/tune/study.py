@@ -82,6 +82,7 @@ def init_ray(tune_cfg: DictConfig) -> dict[str, Any]:
             finally:
                 if joinable is not None:
                     os.environ["RAY_ADDRESS"] = joinable
+    skip_unsent_callback_tags()
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     res = ray.cluster_resources()
     return {
@@ -97,7 +98,7 @@ def skip_unsent_callback_tags() -> None:
     """Skip Ray Tune's tag of which callbacks a study passes where Ray's usage stats are off.
 
     To tag them, Tune imports every logger integration it knows (MLflow's, W&B's, Comet's,
-    Aim's): about 1.8 s of CPU at each study's start where they are installed. ``ray.init()``
+    Aim's): about 3 s of CPU at a study's start where they are installed. ``ray.init()``
     of a local Ray turns usage stats off, so the tag would never be sent; where they are on (a
     cluster started with them), Ray tags as usual. Another Ray layout: Ray's own behaviour.
     """
@@ -296,7 +297,6 @@ def fit_measured(cfg: DictConfig, tuner: Any) -> Fitted:
     # benchmarks/results/tune_overhead.txt).
     if not t.get("ray_loggers", True):
         os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    skip_unsent_callback_tags()
     t0, started = time.monotonic(), time.time()
     meter.begin_window("study")
     # Ray replaces the Ctrl-C handler while it runs and leaves its own behind, which would
